@@ -1,0 +1,3 @@
+from noisett_mcp.cli import main
+
+main()

@@ -1,0 +1,162 @@
+"""Command line: `noisett-mcp serve | generate | demo-model`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import anyio
+
+from noisett_mcp import __version__
+from noisett_mcp.config import Settings
+from noisett_mcp.models import ASPECT_RATIOS, MAX_PROMPT_CHARS
+
+log = logging.getLogger("noisett_mcp")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        sys.exit(2)
+    overrides = {"model": args.model} if getattr(args, "model", None) else {}
+    settings = Settings(**overrides)
+    # Logs go to stderr: on stdio, stdout belongs to the MCP protocol.
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sys.exit(args.run(args, settings) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="noisett-mcp",
+        description="Brand-style image generation for AI assistants (an MCP server for HiDream-I1).",
+    )
+    parser.add_argument("--version", action="version", version=f"noisett-mcp {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the MCP server", description="Run the MCP server.")
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
+    serve.add_argument("--host", help="HTTP bind address (default: NOISETT_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default: NOISETT_PORT or 8000)")
+    serve.add_argument("--model", help="override NOISETT_MODEL (`demo` for the tiny offline model)")
+    serve.set_defaults(run=_serve)
+
+    gen = commands.add_parser(
+        "generate",
+        help="make images from the shell",
+        description="Make images from the shell, with a progress bar; prints where each image went.",
+    )
+    gen.add_argument("prompt", help=f"what the image shows (1 to {MAX_PROMPT_CHARS} characters)")
+    gen.add_argument("--negative-prompt", default="", help="what the image must not show")
+    gen.add_argument("--style", default="none", help="a brand style (see list_styles); default: none")
+    gen.add_argument("--aspect-ratio", choices=list(ASPECT_RATIOS), default="1:1")
+    gen.add_argument("--seed", type=int, help="seed for reproducible results")
+    gen.add_argument("--steps", type=int, help="denoising steps (default: per model variant)")
+    gen.add_argument("--guidance", type=float, help="guidance scale (default: per model variant)")
+    gen.add_argument("--count", type=int, default=1, choices=range(1, 5), metavar="{1..4}")
+    gen.add_argument("--format", choices=["png", "webp", "jpeg"], default="png")
+    gen.add_argument("--out", type=Path, help="also copy the images into this folder")
+    gen.add_argument("--model", help="override NOISETT_MODEL (`demo` for the tiny offline model)")
+    gen.set_defaults(run=_generate)
+
+    demo = commands.add_parser(
+        "demo-model",
+        help="write the tiny offline demo pipeline to a folder",
+        description="Write the tiny random-weight HiDream pipeline (used by NOISETT_MODEL=demo) to DIR.",
+    )
+    demo.add_argument("dir", type=Path)
+    demo.set_defaults(run=_demo_model)
+    return parser
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from noisett_mcp.service import Noisett
+
+    if args.host:
+        settings.host = args.host
+    if args.port is not None:
+        settings.port = args.port
+    service = Noisett(settings)
+    if args.transport == "stdio":
+        from noisett_mcp.server import build_server
+
+        async def run_stdio() -> None:
+            async with service:
+                await build_server(service).run_stdio_async()
+
+        anyio.run(run_stdio)
+        return 0
+
+    import uvicorn
+
+    from noisett_mcp.http import create_app
+
+    uvicorn.run(
+        create_app(service), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+    )
+    return 0
+
+
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from noisett_mcp.service import Noisett, QueueFull, RequestError
+
+    async def run() -> int:
+        async with Noisett(settings) as service:
+            try:
+                job = await service.submit(
+                    args.prompt,
+                    negative_prompt=args.negative_prompt,
+                    style=args.style,
+                    aspect_ratio=args.aspect_ratio,
+                    seed=args.seed,
+                    steps=args.steps,
+                    guidance=args.guidance,
+                    count=args.count,
+                    format=args.format,
+                )
+            except (RequestError, QueueFull) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            with tqdm(total=job.total_steps, unit="step", file=sys.stderr) as bar:
+
+                async def report(done: float, total: float, message: str) -> None:
+                    bar.set_description(message)
+                    bar.update(int(done) - bar.n)
+
+                await service.wait(job, float("inf"), report)
+            if job.status != "done":
+                print(f"error: generation {job.status}: {job.error}", file=sys.stderr)
+                return 1
+            for image_id in job.image_ids:
+                view = await service.view(image_id)
+                path = _file_path(view.info.url)
+                if args.out and path:
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    path = Path(shutil.copy2(path, args.out / path.name))
+                print(f"{path or view.info.url}  seed={view.info.seed} {view.info.width}x{view.info.height}")
+            return 0
+
+    return anyio.run(run)
+
+
+def _file_path(url: str | None) -> Path | None:
+    if url and url.startswith("file:"):
+        return Path(url2pathname(urlparse(url).path))
+    return None
+
+
+def _demo_model(args: argparse.Namespace, settings: Settings) -> int:
+    from noisett_mcp.engine.demo import write_demo_model
+
+    print(write_demo_model(args.dir))
+    return 0

@@ -1,0 +1,106 @@
+"""One Settings object, read from the environment (prefix NOISETT_) and the names the deployment guide
+already uses (MODEL_CACHE_DIR, AZURE_*, APPLICATIONINSIGHTS_CONNECTION_STRING)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Variant = Literal["auto", "full", "dev", "fast"]
+Offload = Literal["none", "model", "sequential"]
+Quantize = Literal["none", "nf4", "int8"]
+
+DEMO_MODEL = "demo"
+
+
+def _env(name: str) -> AliasChoices:
+    """Accept both NOISETT_NAME and the seed's bare NAME."""
+    return AliasChoices(f"NOISETT_{name}", name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NOISETT_", extra="ignore", populate_by_name=True)
+
+    # --- model ---
+    model: str = Field(
+        "HiDream-ai/HiDream-I1-Fast",
+        description="Hub id or local folder of a HiDream-I1 pipeline, or `demo` for the tiny offline model.",
+    )
+    llama_model: str = Field(
+        "meta-llama/Llama-3.1-8B-Instruct",
+        description="Hub id or folder of the Llama text encoder (text_encoder_4), when the model lacks one.",
+    )
+    variant: Variant = Field(
+        "auto", description="Step and guidance defaults; `auto` infers from the model id."
+    )
+    model_cache_dir: Path | None = Field(
+        None,
+        validation_alias=_env("MODEL_CACHE_DIR"),
+        description="Hugging Face cache folder for weights (a mounted volume in Azure).",
+    )
+    device: str = Field("auto", description="`auto`, `cuda`, `cuda:N` or `cpu`.")
+    offload: Offload = Field("none", description="CPU offload: `model` or `sequential` trade speed for VRAM.")
+    quantize: Quantize = Field("none", description="Quantize transformer and Llama: `nf4` or `int8`.")
+    preload: bool = Field(True, description="Load the model in the background after start.")
+
+    # --- generation queue ---
+    wait_seconds: float = Field(
+        50.0, ge=0, description="How long generate_image waits before returning handles."
+    )
+    max_queue: int = Field(8, ge=1, description="Jobs that may wait for the GPU; more get a busy error.")
+
+    # --- storage ---
+    data_dir: Path = Field(
+        default_factory=lambda: Path(user_data_dir("noisett-mcp", appauthor=False)),
+        description="Local folder for images (and the styles folder by default).",
+    )
+    styles_dir: Path | None = Field(
+        None, description="Folder of style manifests; default `<data_dir>/loras`."
+    )
+
+    # --- HTTP ---
+    host: str = Field("127.0.0.1", description="HTTP bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Extra Host headers accepted (DNS-rebinding protection)."
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed by CORS.")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def is_demo(self) -> bool:
+        return self.model == DEMO_MODEL
+
+    @property
+    def resolved_variant(self) -> Literal["full", "dev", "fast"]:
+        if self.variant != "auto":
+            return self.variant
+        name = self.model.lower()
+        for variant in ("fast", "dev", "full"):
+            if variant in name:
+                return variant
+        return "full" if not self.is_demo else "fast"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def resolved_styles_dir(self) -> Path:
+        return self.styles_dir or self.data_dir / "loras"
+
+    @property
+    def resolved_model_cache_dir(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "models"

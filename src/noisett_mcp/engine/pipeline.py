@@ -1,0 +1,172 @@
+"""Load the HiDream diffusers pipeline once and run one image at a time.
+
+Everything here is synchronous and runs in the generation worker's thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+from diffusers import HiDreamImagePipeline
+from PIL import Image
+
+from noisett_mcp.config import Settings
+from noisett_mcp.engine.demo import DEMO_VERSION, MARKER, write_demo_model
+from noisett_mcp.engine.jobs import GenerationCancelled
+from noisett_mcp.models import GenerationSpec
+
+log = logging.getLogger(__name__)
+
+# Library progress bars and chatter would clutter the server's logs (and stdio belongs to MCP).
+diffusers.utils.logging.set_verbosity_error()
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model: str
+    variant: str
+    device: str
+    dtype: str
+    render_side: int  # HiDream renders about render_side² pixels
+    size_multiple: int  # and rounds sizes down to this multiple
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def _device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Engine:
+    """One loaded pipeline. `generate` must only be called from the single generation worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = _device(settings.device)
+        # bf16 where the GPU has it; float32 on CPU, where bf16 is slow and lossy.
+        self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.pipe = self._load()
+        vae_factor = self.pipe.vae_scale_factor
+        self.info = EngineInfo(
+            model=settings.model,
+            variant=settings.resolved_variant,
+            device=self.device,
+            dtype=str(self.dtype).removeprefix("torch."),
+            render_side=self.pipe.default_sample_size * vae_factor,
+            size_multiple=vae_factor * 2,
+        )
+
+    def _load(self) -> HiDreamImagePipeline:
+        settings = self.settings
+        cache_dir = settings.resolved_model_cache_dir
+        source = settings.model
+        if settings.is_demo:
+            source = str(write_demo_model(cache_dir / f"noisett-demo-v{DEMO_VERSION}"))
+        folder = Path(source)
+        kwargs: dict[str, object] = {"dtype": self.dtype, "cache_dir": str(cache_dir)}
+        if folder.is_dir():
+            kwargs["local_files_only"] = True
+        if not (folder / "text_encoder_4").is_dir():
+            # The HiDream repos ship without Llama-3.1 (it is gated): load it and pass it in.
+            kwargs.update(self._load_llama(cache_dir))
+        if settings.quantize != "none":
+            kwargs["quantization_config"] = diffusers.PipelineQuantizationConfig(
+                quant_backend="bitsandbytes_4bit" if settings.quantize == "nf4" else "bitsandbytes_8bit",
+                quant_kwargs=self._bnb_kwargs(),
+                components_to_quantize=["transformer"],
+            )
+        log.info("loading %s on %s (%s)", source, self.device, self.dtype)
+        pipe = HiDreamImagePipeline.from_pretrained(source, **kwargs)
+        if settings.offload == "model":
+            pipe.enable_model_cpu_offload(device=self.device)
+        elif settings.offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        marker = folder / MARKER
+        if marker.is_file():  # the demo model renders small images
+            pipe.default_sample_size = json.loads(marker.read_text())["sample_size"]
+        return pipe
+
+    def _bnb_kwargs(self) -> dict[str, object]:
+        if self.settings.quantize == "nf4":
+            return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": self.dtype}
+        return {"load_in_8bit": True}
+
+    def _load_llama(self, cache_dir: Path) -> dict[str, object]:
+        name = self.settings.llama_model
+        extra: dict[str, object] = {}
+        if self.settings.quantize != "none":
+            extra["quantization_config"] = transformers.BitsAndBytesConfig(**self._bnb_kwargs())
+        local = Path(name).is_dir()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            name, cache_dir=str(cache_dir), local_files_only=local
+        )
+        encoder = transformers.LlamaForCausalLM.from_pretrained(
+            name,
+            output_hidden_states=True,
+            output_attentions=True,
+            dtype=self.dtype,
+            cache_dir=str(cache_dir),
+            local_files_only=local,
+            **extra,
+        )
+        return {"tokenizer_4": tokenizer, "text_encoder_4": encoder}
+
+    def generate(
+        self,
+        spec: GenerationSpec,
+        index: int,
+        on_step: Callable[[int], None],
+        cancelled: Callable[[], bool],
+    ) -> Image.Image:
+        """Render image `index` of `spec`. `on_step(n)` is called after each of the n denoising steps."""
+        if cancelled():
+            raise GenerationCancelled
+
+        def step_end(pipe: HiDreamImagePipeline, step: int, timestep: object, tensors: dict) -> dict:
+            if cancelled():
+                raise GenerationCancelled
+            on_step(step + 1)
+            return {}
+
+        # Noise from a CPU generator seeded per image: the same seed gives the same image on any device.
+        generator = torch.Generator("cpu").manual_seed(spec.seeds[index])
+        result = self.pipe(
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt or None,
+            width=spec.width,
+            height=spec.height,
+            num_inference_steps=spec.steps,
+            guidance_scale=spec.guidance,
+            generator=generator,
+            callback_on_step_end=step_end,
+            output_type="pil",
+        )
+        return result.images[0]
+
+    def free_memory(self) -> None:
+        """After a failure (CUDA out of memory above all), give the allocator's cache back."""
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

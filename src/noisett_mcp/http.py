@@ -1,0 +1,70 @@
+"""The streamable-HTTP ASGI app: /mcp, /healthz and /health, DNS-rebinding protection and CORS.
+
+Stateless (any replica can answer any request) but with SSE responses: JSON responses would drop the
+progress notifications that long generations depend on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from noisett_mcp.server import build_server
+from noisett_mcp.service import Noisett
+
+MCP_PATH = "/mcp"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def transport_security(allowed_hosts: list[str], cors_origins: list[str]) -> TransportSecuritySettings:
+    """DNS-rebinding protection: loopback names always, plus the configured public host names."""
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", *allowed_hosts],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*", *cors_origins],
+    )
+
+
+def create_app(service: Noisett) -> Starlette:
+    """The ASGI app. Its lifespan runs the service: the generation worker and the model preload."""
+    settings = service.settings
+    mcp = build_server(service)
+
+    async def health(request: Request) -> JSONResponse:
+        body = service.health()
+        return JSONResponse(body, status_code=503 if body["status"] == "error" else 200)
+
+    mcp.custom_route("/healthz", methods=["GET"])(health)
+    mcp.custom_route("/health", methods=["GET"])(health)
+
+    app = mcp.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        stateless_http=True,
+        json_response=False,
+        transport_security=transport_security(settings.allowed_hosts, settings.cors_origins),
+        host=settings.host,
+    )
+    mcp_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: Starlette) -> AsyncIterator[None]:
+        async with service, mcp_lifespan(app_):
+            service.start_preload()  # a replica reports `loading` on /healthz until the model is ready
+            yield
+
+    app.router.lifespan_context = lifespan
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Mcp-Session-Id", "Mcp-Protocol-Version"],
+            expose_headers=["Mcp-Session-Id"],
+        )
+    return app

@@ -1,0 +1,130 @@
+"""Plain data shared by the MCP surface, the service, storage and the engine. No torch here."""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+AspectRatio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3"]
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1": (1, 1),
+    "4:3": (4, 3),
+    "3:4": (3, 4),
+    "16:9": (16, 9),
+    "9:16": (9, 16),
+    "3:2": (3, 2),
+    "2:3": (2, 3),
+}
+ImageFormat = Literal["png", "webp", "jpeg"]
+Status = Literal["queued", "running", "done", "failed", "cancelled"]
+FINISHED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+
+# HiDream's variants need their own defaults, which the pipeline does not set: (steps, guidance).
+VARIANT_DEFAULTS: dict[str, tuple[int, float]] = {"full": (50, 5.0), "dev": (28, 0.0), "fast": (16, 0.0)}
+
+# The demo model's 1-block VAE renders DEMO_RENDER_SIDE² images (the real model: 1024²).
+DEMO_RENDER_SIDE = 64
+
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**32 - 1
+IMAGE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_image_id() -> str:
+    return secrets.token_hex(16)
+
+
+def is_image_id(value: object) -> bool:
+    return isinstance(value, str) and IMAGE_ID_PATTERN.fullmatch(value) is not None
+
+
+def rendered_size(aspect_ratio: str, side: int = 1024, multiple: int = 16) -> tuple[int, int]:
+    """The size HiDream really renders for an aspect ratio: it rescales any request to about
+    side² pixels, rounded down to a multiple of 2 × the VAE factor (the pipeline's own arithmetic)."""
+    w, h = ASPECT_RATIOS[aspect_ratio]
+    scale = math.sqrt(side * side / (w * h))
+    return int(w * scale // multiple * multiple), int(h * scale // multiple * multiple)
+
+
+def aspect_ratio_help(side: int = 1024, multiple: int = 16) -> str:
+    sizes = ", ".join(
+        "{} → {}×{}".format(name, *rendered_size(name, side, multiple)) for name in ASPECT_RATIOS
+    )
+    return f"Aspect ratio; the model renders about one megapixel: {sizes}."
+
+
+class GenerationSpec(BaseModel):
+    """One fully resolved generation: everything needed to reproduce its images."""
+
+    prompt: str
+    negative_prompt: str = ""
+    style: str = "none"
+    style_strength: float = 0.0
+    style_sha256: str | None = None
+    aspect_ratio: AspectRatio = "1:1"
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seeds: list[int]
+    format: ImageFormat = "png"
+    model: str
+    variant: str
+
+
+class ImageInfo(BaseModel):
+    id: str = Field(description="Image id: pass it to get_image.")
+    uri: str = Field(description="MCP resource URI of the full image.")
+    status: Status = Field(description="queued, running, done, failed or cancelled.")
+    seed: int = Field(description="Seed of this image; reuse it to reproduce the image.")
+    width: int
+    height: int
+    prompt: str = Field(description="The prompt sent to the model, after the style's template.")
+    negative_prompt: str
+    style: str
+    style_strength: float
+    aspect_ratio: str
+    steps: int
+    guidance: float
+    format: ImageFormat
+    model: str
+    variant: str
+    progress: float = Field(0.0, description="Fraction done, 0 to 1.")
+    error: str | None = Field(None, description="Why the image failed, when status is failed.")
+    url: str | None = Field(None, description="A direct download link, where the store offers one.")
+
+
+class GenerateImageResult(BaseModel):
+    images: list[ImageInfo]
+    message: str = Field(description="What happened and what to do next.")
+
+
+class StyleInfo(BaseModel):
+    name: str = Field(description="Pass this as generate_image's style.")
+    title: str
+    description: str
+    trigger_words: list[str] = Field(default_factory=list)
+    strength: float = Field(description="Default style_strength.")
+    aspect_ratio: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    preview: str | None = Field(None, description="Link to a preview image, if the style has one.")
+
+
+class ListStylesResult(BaseModel):
+    styles: list[StyleInfo]
+
+
+class GetImageResult(BaseModel):
+    image: ImageInfo
+    progress_percent: float = Field(description="0 to 100.")
+    eta_seconds: float | None = Field(None, description="Estimated seconds left, while queued or running.")
+    queue_position: int | None = Field(None, description="Jobs ahead of this one, while queued.")
+    inline: str | None = Field(
+        None, description="What the attached image content is: `full`, or the reduced copy sent instead."
+    )
+    message: str
