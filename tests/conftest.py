@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from noisett_mcp.config import Settings
+from noisett_mcp.server import build_server
+from noisett_mcp.service import Noisett
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the whole run: the demo pipeline is written once and loaded by every test."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, model_cache: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "model": "demo",
+            "data_dir": tmp_path / "data",
+            "model_cache_dir": model_cache,
+            "preload": False,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[Noisett]:
+    async with Noisett(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(service: Noisett) -> AsyncIterator[Client]:
+    """A real MCP client session, in memory, on a running service with the demo model."""
+    async with Client(build_server(service)) as session:
+        yield session
