@@ -36,7 +36,7 @@ from transformers import (
 from noisett_mcp.models import DEMO_RENDER_SIDE
 
 # Bump when the components change, so cached folders are rebuilt.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 # The 1-block VAE has a scale factor of 1: 64 latent px render 64×64 images in well under a second.
 DEMO_SAMPLE_SIZE = DEMO_RENDER_SIDE
 MARKER = "noisett.json"
@@ -110,7 +110,8 @@ def build_demo_pipeline() -> HiDreamImagePipeline:
         num_routed_experts=4,
         num_activated_experts=2,
         axes_dims_rope=(4, 2, 2),
-        max_resolution=(32, 32),
+        # Latent size the positional ids are padded to: DEMO_SAMPLE_SIZE, so every aspect ratio fits.
+        max_resolution=(DEMO_SAMPLE_SIZE, DEMO_SAMPLE_SIZE),
         llama_layers=(0, 1),
     ).eval()
     torch.manual_seed(0)
