@@ -186,32 +186,19 @@ class Noisett:
         return job
 
     async def wait(self, job: Job, timeout: float, report: ProgressFn | None = None) -> None:
-        """Wait up to `timeout` s for the job, reporting each change of queue position or step.
+        """Wait up to `timeout` s for the job, reporting its queue position, then every denoising step.
         If the caller is cancelled, the job is cancelled with it."""
-        last: tuple[int, int | None] | None = None
+        progress = _ProgressReporter(self, job, report)
         try:
             with anyio.move_on_after(timeout):
                 while not job.finished:
-                    position = self.queue.position(job)
-                    if report is not None and (job.steps_done, position) != last:
-                        last = (job.steps_done, position)
-                        await report(job.steps_done, job.total_steps, self._progress_message(job, position))
+                    await progress.update()
                     with anyio.move_on_after(0.05):
                         await job.done.wait()
-            if report is not None and job.status == "done":
-                await report(job.total_steps, job.total_steps, "done")
+            await progress.update()
         except anyio.get_cancelled_exc_class():
             self.queue.cancel(job)  # the client gave up on this request: stop its work
             raise
-
-    def _progress_message(self, job: Job, position: int | None) -> str:
-        if position is not None:
-            return f"queued, {position} ahead" if position else "queued, next"
-        if job.status == "queued":
-            return "loading the model" if self.engine_state == "loading" else "starting"
-        image = min(job.images_done + 1, len(job.image_ids))
-        step = job.steps_done - job.images_done * job.spec.steps
-        return f"image {image}/{len(job.image_ids)}, step {step}/{job.spec.steps}"
 
     async def view(self, image_id: str) -> ImageView:
         """Where an image stands; raise InvalidImageId or ImageNotFound."""
@@ -326,6 +313,44 @@ class Noisett:
             if index < job.images_done:
                 continue  # finished images keep their final record
             await self.store.save_record(image_id, self._record(job, index))
+
+
+class _ProgressReporter:
+    """Turns a job's state into MCP progress notifications, whose values must strictly increase.
+    Before the first step (queued, loading) progress climbs towards 1 without reaching it; then
+    every denoising step is reported, including any that ran between two polls."""
+
+    def __init__(self, service: Noisett, job: Job, report: ProgressFn | None) -> None:
+        self.service, self.job, self.report = service, job, report
+        self.steps_reported = 0
+        self.phases_reported = 0
+        self.last_phase = ""
+
+    async def update(self) -> None:
+        job = self.job
+        if self.report is None:
+            return
+        if job.steps_done == 0 and not job.finished:
+            phase = self._phase()
+            if phase != self.last_phase:
+                self.phases_reported += 1
+                self.last_phase = phase
+                await self.report(1 - 1 / (self.phases_reported + 1), job.total_steps, phase)
+            return
+        while self.steps_reported < job.steps_done:
+            self.steps_reported += 1
+            await self.report(self.steps_reported, job.total_steps, self._step_message(self.steps_reported))
+
+    def _phase(self) -> str:
+        position = self.service.queue.position(self.job)
+        if position is not None:
+            return f"queued, {position} ahead" if position else "queued, next"
+        return "loading the model" if self.service.engine_state == "loading" else "starting"
+
+    def _step_message(self, steps: int) -> str:
+        per_image = self.job.spec.steps
+        image, step = divmod(steps - 1, per_image)
+        return f"image {image + 1}/{len(self.job.image_ids)}, step {step + 1}/{per_image}"
 
 
 def _load_engine(settings: Settings) -> Engine:
