@@ -13,7 +13,7 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from noisett_mcp import __version__, images
 from noisett_mcp.models import (
@@ -44,6 +44,19 @@ class _NoisettMCP(MCPServer):
         if not isinstance(results, Iterable):
             return results
         return [dataclasses.replace(r, mime_type=_sniff(r.content)) for r in results]
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        """Argument errors in a form an assistant can act on: one line per field, without pydantic's links."""
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'arguments'}: {error['msg']}"
+                for error in exc.__cause__.errors(include_url=False)
+            )
+            raise ToolError(f"Invalid arguments for {name}: {problems}.") from exc.__cause__
 
 
 def _sniff(content: str | bytes) -> str:
