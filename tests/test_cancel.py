@@ -59,7 +59,7 @@ async def test_cancelled_queued_job_is_dropped(client: Client, service: Noisett)
 
             tg.start_soon(queued_call)
             await _wait_for(lambda: service.queue.depth == 1)
-            (queued,) = list(service.queue._waiting)
+            (queued,) = service.queue.waiting
             tg.cancel_scope.cancel()
     assert queued.status == "cancelled" and service.queue.depth == 0
     service.queue.cancel(blocker)

@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="HTTP bind address (default: NOISETT_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default: NOISETT_PORT or 8000)")
     serve.add_argument("--model", help="override NOISETT_MODEL (`demo` for the tiny offline model)")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve HTTP beyond this machine without Entra auth (only behind a gateway that authenticates)",
+    )
     serve.set_defaults(run=_serve)
 
     gen = commands.add_parser(
@@ -84,6 +89,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.host = args.host
     if args.port is not None:
         settings.port = args.port
+    if args.transport == "http" and (problem := _http_auth_problem(settings, args.insecure_no_auth)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     service = Noisett(settings)
     if args.transport == "stdio":
         from noisett_mcp.server import build_server
@@ -103,6 +111,33 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         create_app(service), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
     )
     return 0
+
+
+def _http_auth_problem(settings: Settings, insecure: bool) -> str | None:
+    """Why HTTP must not start with these settings: an open endpoint is for this machine only."""
+    from noisett_mcp.auth import EntraConfig
+    from noisett_mcp.http import is_loopback
+
+    try:
+        EntraConfig.from_settings(settings)
+    except ValueError as exc:
+        return str(exc)
+    if settings.auth_enabled or is_loopback(settings.host):
+        return None
+    if insecure:
+        print(
+            f"WARNING: --insecure-no-auth: serving HTTP on {settings.host}:{settings.port} with NO "
+            "authentication.\nWARNING: anyone who can reach this port can use the GPU and fetch every image. "
+            "Use it only behind a gateway that authenticates callers.",
+            file=sys.stderr,
+        )
+        return None
+    return (
+        f"refusing to serve HTTP on {settings.host} without authentication: anyone who can reach it could "
+        "use the GPU and fetch every image. Set AZURE_AD_TENANT_ID and AZURE_AD_CLIENT_ID (see the README's "
+        "Microsoft Entra ID section), serve on 127.0.0.1, or pass --insecure-no-auth if a gateway in front "
+        "already authenticates callers."
+    )
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,16 +3,22 @@ already uses (MODEL_CACHE_DIR, AZURE_*, APPLICATIONINSIGHTS_CONNECTION_STRING)."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Variant = Literal["auto", "full", "dev", "fast"]
 Offload = Literal["none", "model", "sequential"]
 Quantize = Literal["none", "nf4", "int8"]
+
+ImageSharing = Literal["owner", "tenant"]
+# A list read from a comma-separated variable (or a JSON array): NoDecode keeps pydantic-settings from
+# insisting on JSON before the validator below sees the text.
+CommaList = Annotated[list[str], NoDecode]
 
 DEMO_MODEL = "demo"
 
@@ -65,23 +71,81 @@ class Settings(BaseSettings):
     # --- HTTP ---
     host: str = Field("127.0.0.1", description="HTTP bind address.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
-    allowed_hosts: list[str] = Field(
+    allowed_hosts: CommaList = Field(
         default_factory=list, description="Extra Host headers accepted (DNS-rebinding protection)."
     )
-    cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed by CORS.")
+    cors_origins: CommaList = Field(default_factory=list, description="Browser origins allowed by CORS.")
+
+    # --- auth: Microsoft Entra ID on the HTTP endpoint (on when both ids are set) ---
+    azure_ad_tenant_id: str | None = Field(
+        None,
+        validation_alias=_env("AZURE_AD_TENANT_ID"),
+        description="Directory (tenant) id whose users may call the HTTP endpoint.",
+    )
+    azure_ad_client_id: str | None = Field(
+        None,
+        validation_alias=_env("AZURE_AD_CLIENT_ID"),
+        description="Application (client) id of the app registration that exposes `access_as_user`.",
+    )
+    auth_audiences: CommaList = Field(
+        default_factory=list, description="Audiences accepted besides `{client id}` and `api://{client id}`."
+    )
+    auth_tenants: CommaList = Field(
+        default_factory=list, description="More tenant ids whose users are accepted (multi-tenant apps)."
+    )
+    auth_allowed_roles: CommaList = Field(
+        default_factory=list,
+        description="App roles that stand in for the `access_as_user` scope (app-only callers).",
+    )
+    auth_required_roles: CommaList = Field(
+        default_factory=list, description="When set, a caller needs at least one of these app roles."
+    )
+    auth_required_groups: CommaList = Field(
+        default_factory=list, description="When set, a caller must be in one of these groups (object ids)."
+    )
+    auth_jwks_url: str | None = Field(
+        None, description="Where the token signing keys are; default: derived from the authority and tenant."
+    )
+    auth_authority: str = Field(
+        "https://login.microsoftonline.com",
+        description="Entra sign-in host; change it for sovereign clouds.",
+    )
+    auth_jwks_cooldown: float = Field(
+        30.0, ge=0, description="Seconds between key refetches forced by tokens with an unknown key id."
+    )
+    image_sharing: ImageSharing = Field(
+        "owner", description="Who may fetch an image by id: its `owner`, or anyone in its `tenant`."
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
-    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @field_validator(
+        "allowed_hosts",
+        "cors_origins",
+        "auth_audiences",
+        "auth_tenants",
+        "auth_allowed_roles",
+        "auth_required_roles",
+        "auth_required_groups",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
     @property
     def is_demo(self) -> bool:
         return self.model == DEMO_MODEL
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Entra auth guards the HTTP endpoint when both ids are set."""
+        return bool(self.azure_ad_tenant_id and self.azure_ad_client_id)
 
     @property
     def resolved_variant(self) -> Literal["full", "dev", "fast"]:

@@ -1,4 +1,4 @@
-"""The streamable-HTTP ASGI app: /mcp, /healthz and /health, DNS-rebinding protection and CORS.
+"""The streamable-HTTP ASGI app: /mcp, /healthz and /health, Entra auth, DNS-rebinding protection and CORS.
 
 Stateless (any replica can answer any request) but with SSE responses: JSON responses would drop the
 progress notifications that long generations depend on.
@@ -6,6 +6,7 @@ progress notifications that long generations depend on.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,11 +16,22 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from noisett_mcp import auth
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 
 MCP_PATH = "/mcp"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
 
 
 def transport_security(allowed_hosts: list[str], cors_origins: list[str]) -> TransportSecuritySettings:
@@ -32,8 +44,11 @@ def transport_security(allowed_hosts: list[str], cors_origins: list[str]) -> Tra
 
 
 def create_app(service: Noisett) -> Starlette:
-    """The ASGI app. Its lifespan runs the service: the generation worker and the model preload."""
+    """The ASGI app. Its lifespan runs the service: the generation worker and the model preload.
+    With AZURE_AD_TENANT_ID and AZURE_AD_CLIENT_ID set, every route but health and discovery needs an
+    Entra access token."""
     settings = service.settings
+    entra = auth.EntraConfig.from_settings(settings)  # a half-set config fails here, before serving
     mcp = build_server(service)
 
     async def health(request: Request) -> JSONResponse:
@@ -59,12 +74,14 @@ def create_app(service: Noisett) -> Starlette:
             yield
 
     app.router.lifespan_context = lifespan
+    if entra is not None:
+        auth.install(app, entra, MCP_PATH)  # inside CORS: a browser must be able to read a 401
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Mcp-Session-Id", "Mcp-Protocol-Version"],
-            expose_headers=["Mcp-Session-Id"],
+            expose_headers=["Mcp-Session-Id", "WWW-Authenticate"],
         )
     return app

@@ -16,6 +16,8 @@ from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent, T
 from pydantic import Field, ValidationError
 
 from noisett_mcp import __version__, images
+from noisett_mcp.audit import audit_requests
+from noisett_mcp.auth import current_caller
 from noisett_mcp.models import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -91,6 +93,7 @@ def build_server(service: Noisett) -> MCPServer:
         return result
 
     mcp.middleware.append(preload_after_tool_listing)
+    mcp.middleware.append(audit_requests)
 
     @mcp.tool(
         title="Generate image",
@@ -143,6 +146,7 @@ def build_server(service: Noisett) -> MCPServer:
 
         Returns each image's id, seed and parameters, with a small preview. Call get_image with an id
         for the full image, or to collect an image still queued or running."""
+        owner = current_caller().owner
         try:
             job = await service.submit(
                 prompt,
@@ -154,12 +158,13 @@ def build_server(service: Noisett) -> MCPServer:
                 guidance=guidance,
                 count=count,
                 format=format,
+                owner=owner,
             )
         except (RequestError, QueueFull) as exc:
             raise ToolError(str(exc)) from exc
         if wait:
             await service.wait(job, service.settings.wait_seconds, ctx.report_progress)
-        views = [await service.view(image_id) for image_id in job.image_ids]
+        views = [await service.view(image_id, owner) for image_id in job.image_ids]
         return await _generation_result(service, views)
 
     @mcp.tool(
@@ -183,7 +188,7 @@ def build_server(service: Noisett) -> MCPServer:
         """Get a generated image by id: the image itself when it is done, or its progress while it is
         queued or running (then call again later)."""
         try:
-            view = await service.view(image_id)
+            view = await service.view(image_id, current_caller().owner)
         except (InvalidImageId, ImageNotFound) as exc:
             raise ToolError(str(exc)) from exc
         info = view.info
@@ -235,7 +240,7 @@ def build_server(service: Noisett) -> MCPServer:
     )
     async def image_resource(image_id: str) -> bytes | str:
         try:
-            view = await service.view(image_id)
+            view = await service.view(image_id, current_caller().owner)
             if view.info.status == "done":
                 return (await service.load_image(image_id)).data
         except (InvalidImageId, ImageNotFound) as exc:

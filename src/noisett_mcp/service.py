@@ -34,14 +34,18 @@ from noisett_mcp.models import (
 )
 from noisett_mcp.storage import ImageStore, StoredImage, open_store
 from noisett_mcp.storage.base import check_image_id
+from noisett_mcp.styles import BASE_STYLE, MAX_STRENGTH, Style, StyleCatalog, StyleRefused, StyleUnavailable
+from noisett_mcp.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from noisett_mcp.engine.pipeline import Engine
+    from noisett_mcp.storage.blob import BlobAccount
 
 log = logging.getLogger(__name__)
 
 EngineState = Literal["idle", "loading", "ready", "error"]
 ProgressFn = Callable[[float, float, str], Awaitable[None]]
+RETENTION_SWEEP_SECONDS = 3600.0
 
 __all__ = ["ImageNotFound", "ImageView", "Noisett", "QueueFull", "RequestError"]
 
@@ -72,21 +76,30 @@ class ImageView:
 
 
 class Noisett:
-    def __init__(self, settings: Settings, store: ImageStore | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: ImageStore | None = None, telemetry: Telemetry | None = None
+    ) -> None:
         self.settings = settings
         self.store = store or open_store(settings)
         self.queue = LocalJobQueue(self._execute, settings.max_queue)
+        self.telemetry = telemetry or Telemetry.default()
+        self.telemetry.observe_queue(self.queue)
         self._jobs: dict[str, Job] = {}  # by image id, while this process knows the job
         self._engine: Engine | None = None
         self.engine_state: EngineState = "idle"
         self.engine_error: str | None = None
         self._engine_lock = anyio.Lock()
+        self.styles = StyleCatalog(settings)
         self._tg: TaskGroup | None = None
 
     # --- lifecycle ---
     async def __aenter__(self) -> Noisett:
         self._tg = await anyio.create_task_group().__aenter__()
         self._tg.start_soon(self.queue.run)
+        self._tg.start_soon(self.store.run)  # Blob: uploads what the spool holds, a restart's included
+        self._tg.start_soon(self._sweep_images)
+        if self.settings.blob_enabled:
+            self._tg.start_soon(self._sync_styles_periodically)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -112,13 +125,65 @@ class Noisett:
             if self._engine is None:
                 self.engine_state, self.engine_error = "loading", None
                 try:
-                    self._engine = await anyio.to_thread.run_sync(_load_engine, self.settings)
+                    settings = await self._model_settings()
+                    self._engine = await anyio.to_thread.run_sync(_load_engine, settings)
                 except Exception as exc:
                     self.engine_state, self.engine_error = "error", f"{type(exc).__name__}: {exc}"
                     log.exception("model %s failed to load", self.settings.model)
+                    self.telemetry.error("load", exc)
                     raise
                 self.engine_state = "ready"
             return self._engine
+
+    async def _model_settings(self) -> Settings:
+        """The settings the engine loads with: a `blob://CONTAINER/PREFIX` model is first synced to the
+        model cache (unchanged files skipped by size and ETag) and loaded from there."""
+        if not self.settings.blob_model:
+            return self.settings
+        from noisett_mcp.storage.sync import sync_model
+
+        folder = await sync_model(self._blob_account(), self.settings)
+        return self.settings.model_copy(
+            update={"model": str(folder), "variant": self.settings.resolved_variant}
+        )
+
+    def _blob_account(self) -> BlobAccount:
+        account = getattr(self.store, "account", None)
+        if account is None:
+            raise RuntimeError(
+                f"NOISETT_MODEL={self.settings.model} is in Azure Blob Storage: set "
+                "AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL"
+            )
+        return account
+
+    async def sync_styles(self) -> bool:
+        """Mirror the Blob styles container into the styles folder, downloading only what changed
+        (by ETag); True when files changed. The style catalog reads that folder."""
+        from noisett_mcp.storage.sync import sync_styles
+
+        result = await sync_styles(self._blob_account(), self.settings)
+        return result.changed
+
+    async def _sync_styles_periodically(self) -> None:
+        while True:
+            try:
+                await self.sync_styles()
+            except Exception as exc:  # storage away: keep the styles we have, try again later
+                log.warning("styles sync failed: %s", _first_line(exc))
+            await anyio.sleep(self.settings.styles_sync_seconds)
+
+    async def _sweep_images(self) -> None:
+        """Delete stored images older than NOISETT_RETENTION_DAYS: at start, then every hour."""
+        days = self.settings.retention_days
+        while days > 0:
+            try:
+                removed = await self.store.sweep(days)
+            except Exception as exc:
+                log.warning("retention sweep failed: %s", _first_line(exc))
+            else:
+                if removed:
+                    log.info("retention: deleted %d image(s) older than %g days", removed, days)
+            await anyio.sleep(RETENTION_SWEEP_SECONDS)
 
     # --- requests ---
     def render_geometry(self) -> tuple[int, int]:
@@ -127,26 +192,38 @@ class Noisett:
             return self._engine.info.render_side, self._engine.info.size_multiple
         return (DEMO_RENDER_SIDE, 2) if self.settings.is_demo else (1024, 16)
 
-    def list_styles(self) -> list[StyleInfo]:
+    async def list_styles(self) -> list[StyleInfo]:
+        """The base style, then every style for this model. Re-reads the styles folder (off the loop)."""
+        view = await anyio.to_thread.run_sync(self.styles.refresh)
         steps, guidance = VARIANT_DEFAULTS[self.settings.resolved_variant]
         return [
             StyleInfo(
-                name="none",
+                name=BASE_STYLE,
                 title="No style",
                 description="The base model with no brand style applied: use it for neutral images.",
                 strength=0.0,
                 aspect_ratio="1:1",
                 steps=steps,
                 guidance=guidance,
-            )
+            ),
+            *(style.info() for style in view.styles.values()),
         ]
+
+    async def style_preview(self, name: str) -> bytes:
+        """The preview image of an offered style; raise LookupError if it has none."""
+        style = (await anyio.to_thread.run_sync(self.styles.refresh)).styles.get(name)
+        path = style.preview_file if style else None
+        if path is None or not path.is_file():
+            raise LookupError(f"style {name!r} has no preview image; list_styles links the ones that do")
+        return await anyio.Path(path).read_bytes()
 
     async def submit(
         self,
         prompt: str,
         *,
         negative_prompt: str = "",
-        style: str = "none",
+        style: str = BASE_STYLE,
+        style_strength: float | None = None,
         aspect_ratio: str = "1:1",
         seed: int | None = None,
         steps: int | None = None,
@@ -158,9 +235,19 @@ class Noisett:
         """Queue a generation and return its job; raise RequestError or QueueFull at once."""
         if not prompt.strip():
             raise RequestError("prompt is empty: describe the image to make, in 1 to 2000 characters")
-        names = [s.name for s in self.list_styles()]
-        if style not in names:
-            raise RequestError(f"unknown style {style!r}; available styles: {', '.join(names)}")
+        try:
+            chosen = (await anyio.to_thread.run_sync(self.styles.refresh)).resolve(style)
+        except LookupError as exc:
+            raise RequestError(str(exc)) from exc
+        if chosen is None:
+            strength = 0.0
+        else:
+            strength = chosen.manifest.strength if style_strength is None else style_strength
+            if not 0 <= strength <= MAX_STRENGTH:
+                raise RequestError(f"style_strength must be from 0 to {MAX_STRENGTH:g}, not {strength:g}")
+            prompt, negative_prompt = chosen.prompt(prompt), chosen.negative_prompt(negative_prompt)
+            steps = steps or chosen.manifest.steps
+            guidance = chosen.manifest.guidance if guidance is None else guidance
         default_steps, default_guidance = VARIANT_DEFAULTS[self.settings.resolved_variant]
         first_seed = random.randrange(MAX_SEED + 1) if seed is None else seed
         width, height = rendered_size(aspect_ratio, *self.render_geometry())
@@ -168,6 +255,8 @@ class Noisett:
             prompt=prompt,
             negative_prompt=negative_prompt,
             style=style,
+            style_strength=strength,
+            style_sha256=chosen.sha256 if chosen else None,
             aspect_ratio=aspect_ratio,
             width=width,
             height=height,
@@ -180,6 +269,7 @@ class Noisett:
         )
         job = Job(id=new_image_id(), spec=spec, image_ids=[new_image_id() for _ in range(count)], owner=owner)
         self.queue.submit(job)  # QueueFull goes straight back to the caller
+        self.telemetry.job_queued(job)
         for image_id in job.image_ids:
             self._jobs[image_id] = job
         await self._save_records(job)
@@ -200,30 +290,48 @@ class Noisett:
             self.queue.cancel(job)  # the client gave up on this request: stop its work
             raise
 
-    async def view(self, image_id: str) -> ImageView:
-        """Where an image stands; raise InvalidImageId or ImageNotFound."""
+    async def view(self, image_id: str, viewer: str = "local") -> ImageView:
+        """Where an image stands, for `viewer` (an owner id); raise InvalidImageId or ImageNotFound.
+        An image the viewer may not see is reported exactly like one that does not exist."""
         check_image_id(image_id)
         job = self._jobs.get(image_id)
         record = await self.store.load_record(image_id)
-        if record is None:
+        if record is None or not self._visible(str(record.get("owner", "local")), viewer):
             raise ImageNotFound(image_id)
         info = ImageInfo.model_validate(record)
-        if job is not None and not job.finished and info.status not in FINISHED:
+        if job is not None:
+            # The live job is fresher than the stored record, which is written after each change.
             index = job.image_ids.index(image_id)
-            steps_before = index * job.spec.steps
-            own = min(max(job.steps_done - steps_before, 0), job.spec.steps)
-            info = info.model_copy(
-                update={"status": job.image_status(index), "progress": own / job.spec.steps}
-            )
+            status = job.image_status(index)
+            if status == "done":
+                return ImageView(await self._with_url(info))
+            if status in FINISHED:
+                return ImageView(info.model_copy(update={"status": status, "error": job.error}))
+            own = min(max(job.steps_done - index * job.spec.steps, 0), job.spec.steps)
+            # Decoding and storing count as one more step: 100% means stored.
+            progress = own / (job.spec.steps + 1)
+            info = info.model_copy(update={"status": status, "progress": progress})
             return ImageView(info, self.queue.eta(job), self.queue.position(job))
-        if job is None and info.status not in FINISHED:
+        if info.status not in FINISHED:
             # Its job lived in a process that is gone (a restart): it will never finish.
             info = info.model_copy(
                 update={"status": "failed", "error": "interrupted by a server restart; generate it again"}
             )
-        return ImageView(info)
+        return ImageView(await self._with_url(info) if info.status == "done" else info)
+
+    async def _with_url(self, info: ImageInfo) -> ImageInfo:
+        """The store's link to the full image, made per view and never stored: a SAS link expires."""
+        return info.model_copy(update={"url": await self.store.image_url(info.id)})
+
+    def _visible(self, owner: str, viewer: str) -> bool:
+        """Owners see their images; with NOISETT_IMAGE_SHARING=tenant, so does their whole tenant."""
+        if owner == viewer:
+            return True
+        tenant, _, user = owner.partition("/")
+        return self.settings.image_sharing == "tenant" and bool(user) and viewer.startswith(f"{tenant}/")
 
     async def load_image(self, image_id: str) -> StoredImage:
+        """The image's bytes; callers check with view() first that the caller may see it."""
         stored = await self.store.load_image(check_image_id(image_id))
         if stored is None:
             raise ImageNotFound(image_id)
@@ -251,32 +359,64 @@ class Noisett:
     # --- the worker side ---
     async def _execute(self, job: Job) -> None:
         """Run one job to the end. Never raises: a failure is recorded on the job, and the queue goes on."""
+        style: Style | None = None
         try:
             engine = await self.engine()
             if job.cancel_requested:
                 raise GenerationCancelled
+            style = await anyio.to_thread.run_sync(self._prepare_style, engine, job)
             job.status, job.started = "running", time.monotonic()
+            self.telemetry.job_started(job)
             await self._save_records(job)
             for index, image_id in enumerate(job.image_ids):
-                await self._render_one(engine, job, index, image_id)
+                await self._render_one(engine, job, index, image_id, style)
             job.finish("done")
         except GenerationCancelled:
             job.finish("cancelled", "cancelled by the client")
+        except StyleRefused as exc:
+            if style is not None:
+                self.styles.refuse(style, exc.reason)  # list_styles stops offering it until it changes
+            log.warning("job %s: style refused: %s", job.id, exc)
+            self.telemetry.job_failed(job, exc)
+            job.finish("failed", f"style {job.spec.style!r} is refused: {exc}. The other styles still work.")
+        except StyleUnavailable as exc:
+            job.finish("failed", str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.id)
+            self.telemetry.job_failed(job, exc)
             job.finish("failed", _describe_failure(exc))
             if self._engine is not None:
                 await anyio.to_thread.run_sync(self._engine.free_memory)
         await self._save_records(job)
+        self.telemetry.job_finished(job)
 
-    async def _render_one(self, engine: Engine, job: Job, index: int, image_id: str) -> None:
+    def _prepare_style(self, engine: Engine, job: Job) -> Style | None:
+        """In a worker thread, before the job runs: pick up added, changed and removed styles, and get
+        this job's adapter file. A style whose weights changed since submit runs with the new ones, and
+        the record says so."""
+        view = self.styles.refresh()
+        engine.styles.retain(view.styles.values())  # unload the adapters of removed or changed styles
+        try:
+            style = view.resolve(job.spec.style)
+        except LookupError as exc:
+            raise StyleUnavailable(f"{exc} (it changed after this request was queued)") from exc
+        if style is None:
+            return None
+        style = self.styles.fetch(style)
+        if style.sha256 != job.spec.style_sha256:
+            job.spec = job.spec.model_copy(update={"style_sha256": style.sha256})
+        return style
+
+    async def _render_one(
+        self, engine: Engine, job: Job, index: int, image_id: str, style: Style | None = None
+    ) -> None:
         steps_before = index * job.spec.steps
 
         def on_step(step: int) -> None:  # called from the engine's thread
             job.steps_done = steps_before + step
 
         image = await anyio.to_thread.run_sync(
-            engine.generate, job.spec, index, on_step, lambda: job.cancel_requested
+            engine.generate, job.spec, index, on_step, lambda: job.cancel_requested, style
         )
         record = self._record(job, index) | {
             "status": "done",
@@ -289,8 +429,6 @@ class Noisett:
         metadata = {k: v for k, v in record.items() if k not in ("status", "progress", "error", "url", "uri")}
         data = await anyio.to_thread.run_sync(images.encode, image, job.spec.format, metadata)
         await self.store.save_image(image_id, data, images.MIME_TYPES[job.spec.format], record)
-        record["url"] = await self.store.image_url(image_id)
-        await self.store.save_record(image_id, record)
         job.images_done = index + 1
 
     def _record(self, job: Job, index: int) -> dict[str, Any]:
@@ -351,6 +489,11 @@ class _ProgressReporter:
         per_image = self.job.spec.steps
         image, step = divmod(steps - 1, per_image)
         return f"image {image + 1}/{len(self.job.image_ids)}, step {step + 1}/{per_image}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def _load_engine(settings: Settings) -> Engine:

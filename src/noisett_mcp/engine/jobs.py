@@ -133,6 +133,10 @@ class LocalJobQueue:
     def running(self) -> Job | None:
         return self._running
 
+    @property
+    def waiting(self) -> tuple[Job, ...]:
+        return tuple(self._waiting)
+
     def submit(self, job: Job) -> None:
         if len(self._waiting) >= self.max_queue:
             raise QueueFull(len(self._waiting), self._steps_left_all())

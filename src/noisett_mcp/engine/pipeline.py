@@ -21,7 +21,9 @@ from PIL import Image
 from noisett_mcp.config import Settings
 from noisett_mcp.engine.demo import DEMO_VERSION, MARKER, write_demo_model
 from noisett_mcp.engine.jobs import GenerationCancelled
+from noisett_mcp.engine.styles import StyleAdapters
 from noisett_mcp.models import GenerationSpec
+from noisett_mcp.styles import Style
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +61,16 @@ def _device(setting: str) -> str:
 class Engine:
     """One loaded pipeline. `generate` must only be called from the single generation worker."""
 
+    # Test hook: raised at the next denoising step, to exercise the real failure path of the worker.
+    inject_failure: BaseException | None = None
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = _device(settings.device)
         # bf16 where the GPU has it; float32 on CPU, where bf16 is slow and lossy.
         self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.pipe = self._load()
+        self.styles = StyleAdapters(self.pipe, settings.max_loaded_styles)
         vae_factor = self.pipe.vae_scale_factor
         self.info = EngineInfo(
             model=settings.model,
@@ -139,19 +145,29 @@ class Engine:
         index: int,
         on_step: Callable[[int], None],
         cancelled: Callable[[], bool],
+        style: Style | None = None,
     ) -> Image.Image:
-        """Render image `index` of `spec`. `on_step(n)` is called after each of the n denoising steps."""
+        """Render image `index` of `spec`. `on_step(n)` is called after each of the n denoising steps.
+        `style` is spec.style's adapter (None for the base style); raise StyleRefused if it is unusable."""
         if cancelled():
             raise GenerationCancelled
+        running = (style.name, style.sha256) if style else ("none", None)
+        if running != (spec.style, spec.style_sha256):  # the record must say what really ran
+            raise ValueError(f"adapter {running} does not match the spec's style {spec.style!r}")
 
         def step_end(pipe: HiDreamImagePipeline, step: int, timestep: object, tensors: dict) -> dict:
             if cancelled():
                 raise GenerationCancelled
+            if self.inject_failure is not None:
+                failure, self.inject_failure = self.inject_failure, None
+                raise failure
             on_step(step + 1)
             return {}
 
         # Noise from a CPU generator seeded per image: the same seed gives the same image on any device.
         generator = torch.Generator("cpu").manual_seed(spec.seeds[index])
+        # Right before the run, in the worker: this request's adapter and no other.
+        self.styles.activate(style, spec.style_strength)
         result = self.pipe(
             prompt=spec.prompt,
             negative_prompt=spec.negative_prompt or None,
