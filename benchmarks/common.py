@@ -1,0 +1,45 @@
+"""Shared helpers for the benchmarks: settings on the demo model, a loopback HTTP server, statistics."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from noisett_mcp.config import Settings
+from tests.support import free_port, serve_asgi
+
+__all__ = ["demo_settings", "free_port", "median", "p99", "report", "serve_asgi"]
+
+_CACHE = Path(tempfile.gettempdir()) / "noisett-bench-models"
+
+
+def demo_settings(**overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "model": "demo",
+        "data_dir": Path(tempfile.mkdtemp(prefix="noisett-bench-")),
+        "model_cache_dir": _CACHE,
+        "preload": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def report(name: str, rows: list[tuple[str, str]], verdict: str) -> None:
+    print(f"\n== {name}")
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+    print(f"  -> {verdict}")
