@@ -12,9 +12,10 @@ from urllib.request import url2pathname
 
 import anyio
 
-from noisett_mcp import __version__
+from noisett_mcp import __version__, telemetry
 from noisett_mcp.config import Settings
 from noisett_mcp.models import ASPECT_RATIOS, MAX_PROMPT_CHARS
+from noisett_mcp.telemetry import configure_logging
 
 log = logging.getLogger("noisett_mcp")
 
@@ -27,10 +28,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     overrides = {"model": args.model} if getattr(args, "model", None) else {}
     settings = Settings(**overrides)
-    # Logs go to stderr: on stdio, stdout belongs to the MCP protocol.
-    logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # Logs go to stderr (on stdio, stdout belongs to the MCP protocol), with secrets redacted.
+    configure_logging(settings.log_level, settings.log_format)
     sys.exit(args.run(args, settings) or 0)
 
 
@@ -62,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help=f"what the image shows (1 to {MAX_PROMPT_CHARS} characters)")
     gen.add_argument("--negative-prompt", default="", help="what the image must not show")
     gen.add_argument("--style", default="none", help="a brand style (see list_styles); default: none")
+    gen.add_argument("--style-strength", type=float, help="0 to 2; default: the style's own strength")
     gen.add_argument("--aspect-ratio", choices=list(ASPECT_RATIOS), default="1:1")
     gen.add_argument("--seed", type=int, help="seed for reproducible results")
     gen.add_argument("--steps", type=int, help="denoising steps (default: per model variant)")
@@ -79,6 +79,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("dir", type=Path)
     demo.set_defaults(run=_demo_model)
+
+    styles = commands.add_parser("styles", help="work with brand styles", description="Brand styles.")
+    check = styles.add_subparsers(title="commands", metavar="COMMAND").add_parser(
+        "check",
+        help="validate style manifests and weights",
+        description="Validate every style manifest in DIR and its weights, as the server would, before "
+        "shipping them. Exits 1 if any style is refused.",
+    )
+    check.add_argument("dir", type=Path, nargs="?", help="styles folder (default: NOISETT_STYLES_DIR)")
+    check.add_argument("--model", help="the model the styles are for (default: NOISETT_MODEL)")
+    check.add_argument(
+        "--no-keys",
+        action="store_true",
+        help="skip matching adapter keys against the model's transformer (that reads its weight names)",
+    )
+    check.set_defaults(run=_styles_check)
     return parser
 
 
@@ -92,6 +108,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.transport == "http" and (problem := _http_auth_problem(settings, args.insecure_no_auth)):
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    telemetry.setup(settings)  # Azure Monitor when its connection string is set; otherwise nothing
     service = Noisett(settings)
     if args.transport == "stdio":
         from noisett_mcp.server import build_server
@@ -107,8 +124,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from noisett_mcp.http import create_app
 
+    # log_config=None: uvicorn's records go through our handler (JSON, redaction) like everyone else's.
     uvicorn.run(
-        create_app(service), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+        create_app(service),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
     )
     return 0
 
@@ -152,6 +174,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
                     args.prompt,
                     negative_prompt=args.negative_prompt,
                     style=args.style,
+                    style_strength=args.style_strength,
                     aspect_ratio=args.aspect_ratio,
                     seed=args.seed,
                     steps=args.steps,
@@ -188,6 +211,30 @@ def _file_path(url: str | None) -> Path | None:
     if url and url.startswith("file:"):
         return Path(url2pathname(urlparse(url).path))
     return None
+
+
+def _styles_check(args: argparse.Namespace, settings: Settings) -> int:
+    from noisett_mcp.styles import check_folder
+
+    logging.getLogger("noisett_mcp.styles").setLevel(logging.ERROR)  # the report below says it all
+    folder = args.dir or settings.resolved_styles_dir
+    if not folder.is_dir():
+        print(f"error: {folder} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        results = check_folder(settings, folder, keys=not args.no_keys)
+    except Exception as exc:  # the model's weight names could not be read
+        print(f"error: cannot read the model's transformer ({exc}); try --no-keys", file=sys.stderr)
+        return 2
+    for result in results:
+        print(f"{result.status:8} {result.source.name}: {result.detail}")
+    counts = {status: sum(r.status == status for r in results) for status in ("ok", "warning", "refused")}
+    skipped = len(results) - sum(counts.values())
+    print(
+        f"{len(results)} manifest(s) in {folder} for {settings.model}: {counts['ok']} ok, "
+        f"{counts['warning']} with warnings, {counts['refused']} refused, {skipped} for other models"
+    )
+    return 1 if counts["refused"] else 0
 
 
 def _demo_model(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,11 +4,12 @@ already uses (MODEL_CACHE_DIR, AZURE_*, APPLICATIONINSIGHTS_CONNECTION_STRING)."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Variant = Literal["auto", "full", "dev", "fast"]
@@ -21,6 +22,7 @@ ImageSharing = Literal["owner", "tenant"]
 CommaList = Annotated[list[str], NoDecode]
 
 DEMO_MODEL = "demo"
+BLOB_MODEL_SCHEME = "blob://"
 
 
 def _env(name: str) -> AliasChoices:
@@ -66,6 +68,34 @@ class Settings(BaseSettings):
     )
     styles_dir: Path | None = Field(
         None, description="Folder of style manifests; default `<data_dir>/loras`."
+    )
+    max_loaded_styles: int = Field(
+        8, ge=1, description="Style adapters kept loaded; past it the least recently used one is unloaded."
+    )
+    retention_days: float = Field(
+        30.0, ge=0, description="Delete stored images older than this many days; 0 keeps them forever."
+    )
+
+    # --- Azure Blob Storage (used when either the connection string or the account URL is set) ---
+    azure_storage_connection_string: SecretStr | None = Field(
+        None,
+        validation_alias=_env("AZURE_STORAGE_CONNECTION_STRING"),
+        description="Storage account connection string (account key): Blob storage, service SAS links.",
+    )
+    blob_account_url: str | None = Field(
+        None,
+        description="Blob endpoint, e.g. `https://ACCOUNT.blob.core.windows.net`, reached with "
+        "DefaultAzureCredential (a managed identity from AZURE_CLIENT_ID): user delegation SAS links.",
+    )
+    blob_images_container: str = Field("generated-images", description="Container for images and records.")
+    blob_styles_container: str = Field(
+        "loras", description="Container of styles, mirrored to the styles folder."
+    )
+    sas_minutes: float = Field(
+        15.0, gt=0, le=7 * 24 * 60, description="Lifetime of the read-only SAS links to full images."
+    )
+    styles_sync_seconds: float = Field(
+        60.0, gt=0, description="How often the styles container is checked (by ETag) for changed styles."
     )
 
     # --- HTTP ---
@@ -118,6 +148,14 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line (trace ids included), for log search."
+    )
+    applicationinsights_connection_string: SecretStr | None = Field(
+        None,
+        validation_alias=_env("APPLICATIONINSIGHTS_CONNECTION_STRING"),
+        description="Send traces, metrics and logs to Application Insights (the `azure-monitor` extra).",
+    )
 
     @field_validator(
         "allowed_hosts",
@@ -138,9 +176,29 @@ class Settings(BaseSettings):
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
+    @field_validator("blob_images_container", "blob_styles_container")
+    @classmethod
+    def _container_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", value):
+            raise ValueError(
+                f"{value!r} is not a Blob container name: 3 to 63 lowercase letters, digits and single "
+                "hyphens, starting and ending with a letter or digit"
+            )
+        return value
+
     @property
     def is_demo(self) -> bool:
         return self.model == DEMO_MODEL
+
+    @property
+    def blob_enabled(self) -> bool:
+        """Azure Blob is the store when a connection string or an account URL is set."""
+        return bool(self.azure_storage_connection_string or self.blob_account_url)
+
+    @property
+    def blob_model(self) -> bool:
+        """NOISETT_MODEL names a prefix in Blob storage: `blob://CONTAINER/PREFIX`."""
+        return self.model.startswith(BLOB_MODEL_SCHEME)
 
     @property
     def auth_enabled(self) -> bool:
@@ -168,3 +226,8 @@ class Settings(BaseSettings):
     @property
     def resolved_model_cache_dir(self) -> Path:
         return self.model_cache_dir or self.data_dir / "models"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Images and records waiting for Blob storage: they stay here until an upload is verified."""
+        return self.data_dir / "spool"
