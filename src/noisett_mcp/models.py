@@ -87,6 +87,7 @@ class ImageInfo(BaseModel):
     negative_prompt: str
     style: str
     style_strength: float
+    style_sha256: str | None = Field(None, description="sha256 of the style's adapter file, to reproduce it.")
     aspect_ratio: str
     steps: int
     guidance: float

@@ -122,6 +122,15 @@ def build_server(service: Noisett) -> MCPServer:
             str,
             Field(max_length=64, description="A brand style from list_styles; `none` for the base model."),
         ] = "none",
+        style_strength: Annotated[
+            float | None,
+            Field(
+                ge=0,
+                le=2,
+                description="How strongly the style applies, 0 (not at all) to 2; omit for the style's "
+                "default strength (list_styles shows it).",
+            ),
+        ] = None,
         aspect_ratio: Annotated[AspectRatio, Field(description=aspect_ratio_help(side, multiple))] = "1:1",
         seed: Annotated[
             int | None,
@@ -152,6 +161,7 @@ def build_server(service: Noisett) -> MCPServer:
                 prompt,
                 negative_prompt=negative_prompt,
                 style=style,
+                style_strength=style_strength,
                 aspect_ratio=aspect_ratio,
                 seed=seed,
                 steps=steps,
@@ -173,7 +183,7 @@ def build_server(service: Noisett) -> MCPServer:
     )
     async def list_styles() -> ListStylesResult:
         """List the brand styles available for generate_image, with what each is for and its defaults."""
-        return ListStylesResult(styles=service.list_styles())
+        return ListStylesResult(styles=await service.list_styles())
 
     @mcp.tool(
         title="Get image",
@@ -253,6 +263,19 @@ def build_server(service: Noisett) -> MCPServer:
                 "error": view.info.error,
             }
         )
+
+    @mcp.resource(
+        "style://{name}/preview",
+        name="style-preview",
+        title="Style preview",
+        description="A sample image in a brand style; list_styles links it where a style has one.",
+        mime_type="image/png",
+    )
+    async def style_preview(name: str) -> bytes:
+        try:
+            return await service.style_preview(name)
+        except LookupError as exc:
+            raise ResourceError(str(exc)) from exc
 
     return mcp
 
