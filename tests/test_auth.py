@@ -137,6 +137,12 @@ async def test_valid_tokens_reach_the_tools(base: str, key: SigningKey, version:
         assert not styles.is_error
 
 
+async def test_clock_skew_within_the_leeway_is_accepted(base: str, key: SigningKey) -> None:
+    now = TENANT.v2_claims()["iat"]
+    assert (await post_mcp(base, key.sign(TENANT.v2_claims(exp=now - 20)))).status_code == 200
+    assert (await post_mcp(base, key.sign(TENANT.v2_claims(nbf=now + 20)))).status_code == 200
+
+
 async def test_extra_audiences_and_tenants_are_accepted(start: Endpoint, key: SigningKey) -> None:
     extra = "https://noisett.contoso.com/mcp"
     async with start(auth_audiences=extra, auth_tenants=OTHER_TENANT.tenant_id) as base:

@@ -155,7 +155,8 @@ class EntraTokenVerifier(TokenVerifier):
             token=token,
             client_id=str(claims.get("azp") or claims.get("appid") or ""),
             scopes=str(claims.get("scp", "")).split(),
-            expires_at=int(claims["exp"]),
+            # The SDK checks expiry again, without leeway: move the deadline by the leeway we allow.
+            expires_at=int(claims["exp"]) + LEEWAY_SECONDS,
             resource=_first(claims["aud"]),
             subject=claims.get("sub"),
             claims=claims,
