@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +10,21 @@ from mcp import Client
 from noisett_mcp.config import Settings
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
+from tests.azurite import Azurite, running_azurite, skip_without_azurite
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite (blob and queue services) for the session; each test uses containers or queues of its
+    own (tests/azurite.py: `blob_settings`). Skipped where Azurite is not installed, except in CI."""
+    skip_without_azurite()
+    with running_azurite(("blob", "queue")) as instance:
+        yield instance
 
 
 @pytest.fixture(scope="session")

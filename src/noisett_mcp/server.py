@@ -30,7 +30,7 @@ from noisett_mcp.models import (
     aspect_ratio_help,
 )
 from noisett_mcp.service import ImageNotFound, ImageView, Noisett, QueueFull, RequestError
-from noisett_mcp.storage import InvalidImageId
+from noisett_mcp.storage import InvalidImageId, StorageUnavailable
 
 INSTRUCTIONS = """\
 Noisett makes images on the company's own GPU, in brand styles.
@@ -199,7 +199,7 @@ def build_server(service: Noisett) -> MCPServer:
         queued or running (then call again later)."""
         try:
             view = await service.view(image_id, current_caller().owner)
-        except (InvalidImageId, ImageNotFound) as exc:
+        except (InvalidImageId, ImageNotFound, StorageUnavailable) as exc:
             raise ToolError(str(exc)) from exc
         info = view.info
         if info.status in ("failed", "cancelled"):
@@ -219,7 +219,10 @@ def build_server(service: Noisett) -> MCPServer:
                 message=message,
             )
             return _result(result, [TextContent(type="text", text=message)])
-        stored = await service.load_image(info.id)
+        try:
+            stored = await service.load_image(info.id)
+        except (ImageNotFound, StorageUnavailable) as exc:
+            raise ToolError(str(exc)) from exc
         inline = await anyio.to_thread.run_sync(images.fit_inline, stored.data, stored.mime_type)
         if inline.is_full:
             message = f"Image {info.id}: {info.width}×{info.height} {info.format}, seed {info.seed}."
@@ -253,7 +256,7 @@ def build_server(service: Noisett) -> MCPServer:
             view = await service.view(image_id, current_caller().owner)
             if view.info.status == "done":
                 return (await service.load_image(image_id)).data
-        except (InvalidImageId, ImageNotFound) as exc:
+        except (InvalidImageId, ImageNotFound, StorageUnavailable) as exc:
             raise ResourceError(str(exc)) from exc
         return json.dumps(
             {

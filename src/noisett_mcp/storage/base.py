@@ -18,6 +18,10 @@ class InvalidImageId(ValueError):
         )
 
 
+class StorageUnavailable(RuntimeError):
+    """The store cannot be reached right now; the message says so without secrets."""
+
+
 def check_image_id(value: object) -> str:
     """Every store method calls this first: a malformed id never reaches a path or a blob name."""
     if not is_image_id(value):
@@ -49,5 +53,9 @@ class ImageStore(Protocol):
 
     async def sweep(self, older_than_days: float) -> int:
         """Delete images older than the given age; return how many went."""
+
+    async def run(self) -> None:
+        """Background work for the store's lifetime (Blob: upload what the spool holds); returns when
+        there is none. The service runs it in its task group."""
 
     async def aclose(self) -> None: ...

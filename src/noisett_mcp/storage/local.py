@@ -24,7 +24,7 @@ class LocalImageStore:
     # File I/O runs in a worker thread so the event loop keeps answering.
     async def save_record(self, image_id: str, record: dict[str, Any]) -> None:
         path = self._path(image_id, ".json")
-        await anyio.to_thread.run_sync(_atomic_write, path, json.dumps(record, sort_keys=True).encode())
+        await anyio.to_thread.run_sync(self._write, path, json.dumps(record, sort_keys=True).encode())
 
     async def load_record(self, image_id: str) -> dict[str, Any] | None:
         path = self._path(image_id, ".json")
@@ -35,7 +35,7 @@ class LocalImageStore:
         return json.loads(data)
 
     async def save_image(self, image_id: str, data: bytes, mime_type: str, record: dict[str, Any]) -> None:
-        await anyio.to_thread.run_sync(_atomic_write, self._path(image_id, _EXTENSIONS[mime_type]), data)
+        await anyio.to_thread.run_sync(self._write, self._path(image_id, _EXTENSIONS[mime_type]), data)
         await self.save_record(image_id, record)
 
     async def load_image(self, image_id: str) -> StoredImage | None:
@@ -52,8 +52,14 @@ class LocalImageStore:
     async def sweep(self, older_than_days: float) -> int:
         return await anyio.to_thread.run_sync(self._sweep, older_than_days)
 
+    async def run(self) -> None:
+        pass  # nothing in the background: every write is final
+
     async def aclose(self) -> None:
         pass
+
+    def _write(self, path: Path, data: bytes) -> None:
+        atomic_write(path, data)
 
     def _path(self, image_id: str, suffix: str) -> Path:
         return self.root / f"{check_image_id(image_id)}{suffix}"
@@ -81,7 +87,7 @@ class LocalImageStore:
         return len(removed)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write beside the target and rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -1,0 +1,350 @@
+"""Images and records in Azure Blob Storage, written through a local spool so that no image is lost
+when storage is unreachable.
+
+In the images container, `<id>` is the image (content type, cache-control, a download file name, and
+the generation parameters as metadata) and `<id>.json` its record, readable by every replica. The
+account is reached with a connection string (account key: service SAS links) or an account URL and
+DefaultAzureCredential (a managed identity: user delegation SAS links, the delegation key cached).
+
+Importing this module costs about 0.6 s (the Azure SDK): `open_store` imports it only when asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote, unquote, urlparse
+
+import anyio
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobSasPermissions, ContentSettings, UserDelegationKey, generate_blob_sas
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
+
+from noisett_mcp import __version__
+from noisett_mcp.config import Settings
+from noisett_mcp.storage.base import StorageUnavailable, StoredImage, check_image_id
+from noisett_mcp.storage.spool import Spool, SpoolUploader
+
+log = logging.getLogger(__name__)
+# The SDK logs every request and response at INFO: far too loud for a server's log.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+
+IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"  # an id's image never changes
+RECORD_CACHE_CONTROL = "no-cache"  # a record changes while its job runs
+_EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpeg"}
+_NOT_METADATA = frozenset({"status", "progress", "error", "url"})  # job state lives in the record
+_METADATA_VALUE_LIMIT = 1024  # Azure allows 8 KiB of metadata per blob: long prompts are cut here
+# Header values must be printable ASCII: everything else (and % itself) is percent-encoded.
+_METADATA_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+_SECRETS = re.compile(r"(?i)\b(sig|accountkey|sharedaccesssignature|skoid|sktid|skt|ske|sks|skv)=[^&;\s\"']+")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line about a storage failure, fit for logs and users: never a key or a SAS signature."""
+    status = getattr(exc, "status_code", None)
+    code = getattr(exc, "error_code", None)
+    lines = str(exc).strip().splitlines()
+    parts = [type(exc).__name__, str(status) if status else "", str(code) if code else ""]
+    text = " ".join(p for p in parts if p) + (f": {lines[0]}" if lines else "")
+    return _SECRETS.sub(r"\1=REDACTED", text)[:300]
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Storage unreachable or failing as a whole (retry later), rather than refusing one request."""
+    if isinstance(exc, ServiceRequestError | ServiceResponseError | OSError | TimeoutError):
+        return True
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code
+        return status is None or status >= 500 or status in (408, 429)
+    return False
+
+
+def encode_metadata(record: dict[str, Any]) -> dict[str, str]:
+    """Generation parameters as blob metadata: printable ASCII, percent-encoded where needed, long
+    values cut (the full values are in the record and the image's own text chunks)."""
+    metadata: dict[str, str] = {}
+    truncated = []
+    for key, value in sorted(record.items()):
+        if key in _NOT_METADATA or value is None:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), sort_keys=True)
+        encoded = quote(text, safe=_METADATA_SAFE)
+        if len(encoded) > _METADATA_VALUE_LIMIT:
+            encoded = re.sub(r"%[0-9A-F]?$", "", encoded[:_METADATA_VALUE_LIMIT])
+            truncated.append(key)
+        metadata[key] = encoded
+    if truncated:
+        metadata["truncated"] = ",".join(truncated)
+    return metadata
+
+
+def decode_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    return {key: unquote(value) for key, value in metadata.items()}
+
+
+class BlobAccount:
+    """One storage account: the async service client, its credential, and SAS signing."""
+
+    def __init__(
+        self, client: BlobServiceClient, *, token_credential: Any = None, create_containers: bool = False
+    ) -> None:
+        self.client = client
+        self.token_credential = token_credential
+        self.create_containers = create_containers
+        self._account_key: str | None = getattr(client.credential, "account_key", None)
+        self._delegation_key: UserDelegationKey | None = None
+        self._delegation_key_expiry = datetime.min.replace(tzinfo=UTC)
+        self._delegation_lock = anyio.Lock()
+        self._created: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, credential: Any = None, **client_options: Any) -> BlobAccount:
+        """From the connection string, or from the account URL with `credential` (default:
+        DefaultAzureCredential, which takes a managed identity from AZURE_CLIENT_ID)."""
+        options: dict[str, Any] = {
+            # Two quick retries inside a request (the SDK's default waits 15 s and more between them):
+            # writes fall back to the spool, whose uploader retries for as long as it takes.
+            "retry_policy": LinearRetry(backoff=1, retry_total=2, random_jitter_range=0.5),
+            "connection_timeout": 10,
+            "user_agent": f"noisett-mcp/{__version__}",
+            **client_options,
+        }
+        if settings.azure_storage_connection_string is not None:
+            client = BlobServiceClient.from_connection_string(
+                settings.azure_storage_connection_string.get_secret_value(), **options
+            )
+            return cls(client, create_containers=True)
+        if not settings.blob_account_url:
+            raise ValueError("Blob storage needs AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL")
+        if credential is None:
+            from azure.identity.aio import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        client = BlobServiceClient(settings.blob_account_url, credential=credential, **options)
+        return cls(client, token_credential=credential)
+
+    @property
+    def name(self) -> str:
+        return self.client.account_name or "?"
+
+    def container(self, name: str) -> ContainerClient:
+        return self.client.get_container_client(name)
+
+    async def ensure_container(self, name: str) -> bool:
+        """Create a missing container where allowed (with a connection string); True if it exists now."""
+        if not self.create_containers:
+            return False
+        try:
+            await self.container(name).create_container()
+            log.info("created Blob container %r in account %s", name, self.name)
+        except ResourceExistsError:
+            pass
+        self._created.add(name)
+        return True
+
+    async def sas_url(self, container: str, blob: str, minutes: float) -> str | None:
+        """A read-only link to one blob for `minutes`: a service SAS with an account key, a user
+        delegation SAS with a token credential; None when the account has neither."""
+        expiry = datetime.now(UTC) + timedelta(minutes=minutes)
+        signing: dict[str, Any]
+        if self._account_key:
+            signing = {"account_key": self._account_key}
+        elif self.token_credential is not None:
+            signing = {"user_delegation_key": await self._user_delegation_key(expiry)}
+        else:
+            return None
+        url = self.client.get_blob_client(container, blob).url
+        token = generate_blob_sas(
+            self.name,
+            container,
+            blob,
+            permission=BlobSasPermissions(read=True),
+            expiry=expiry,
+            protocol="https" if urlparse(url).scheme == "https" else None,
+            **signing,
+        )
+        return f"{url}?{token}"
+
+    async def _user_delegation_key(self, needed_until: datetime) -> UserDelegationKey:
+        """One key for many links: fetched for a day (or the link's lifetime, up to Azure's 7 days) and
+        refreshed when a new link would outlive it."""
+        async with self._delegation_lock:
+            if self._delegation_key is None or self._delegation_key_expiry < needed_until:
+                now = datetime.now(UTC)
+                expiry = min(max(needed_until, now + timedelta(days=1)), now + timedelta(days=7))
+                self._delegation_key = await self.client.get_user_delegation_key(
+                    now - timedelta(minutes=5),
+                    expiry,  # a little back: clocks differ
+                )
+                self._delegation_key_expiry = expiry
+            return self._delegation_key
+
+    async def aclose(self) -> None:
+        await self.client.close()
+        if self.token_credential is not None and hasattr(self.token_credential, "close"):
+            await self.token_credential.close()
+
+
+class BlobImageStore:
+    """The `ImageStore` on Azure Blob Storage. Every write lands in the local spool first, then is
+    uploaded (at once while storage answers, else by the background task in `run`); reads look in the
+    spool first, so an image made during an outage is still served by the replica that made it."""
+
+    def __init__(self, account: BlobAccount, spool: Spool, container: str, sas_minutes: float = 15.0) -> None:
+        self.account = account
+        self.spool = spool
+        self.container_name = container
+        self.container = account.container(container)
+        self.sas_minutes = sas_minutes
+        self.uploader = SpoolUploader(spool, self, is_outage, describe_error)
+
+    # --- ImageStore ---
+    async def save_record(self, image_id: str, record: dict[str, Any]) -> None:
+        await self.spool.save_record(check_image_id(image_id), record)
+        await self.uploader.try_upload(image_id)
+
+    async def load_record(self, image_id: str) -> dict[str, Any] | None:
+        record = await self.spool.load_record(check_image_id(image_id))
+        if record is not None:
+            return record
+        data = await self._download(f"{image_id}.json")
+        return None if data is None else json.loads(data[0])
+
+    async def save_image(self, image_id: str, data: bytes, mime_type: str, record: dict[str, Any]) -> None:
+        await self.spool.save_image(check_image_id(image_id), data, mime_type, record)
+        await self.uploader.try_upload(image_id)
+
+    async def load_image(self, image_id: str) -> StoredImage | None:
+        stored = await self.spool.load_image(check_image_id(image_id))
+        if stored is not None:
+            return stored
+        found = await self._download(image_id)
+        return None if found is None else StoredImage(*found)
+
+    async def image_url(self, image_id: str) -> str | None:
+        if await self.spool.load_image(check_image_id(image_id)) is not None:
+            return None  # not uploaded yet: no link can reach it
+        try:
+            return await self.account.sas_url(self.container_name, image_id, self.sas_minutes)
+        except Exception as exc:  # a user delegation key needs storage: no link beats no answer
+            log.warning("no SAS link for %s: %s", image_id, describe_error(exc))
+            return None
+
+    async def sweep(self, older_than_days: float) -> int:
+        """Delete images and records last written before the cutoff (what Azure's lifecycle rule does,
+        for accounts without one). The spool is never swept: it holds what is not uploaded yet."""
+        if older_than_days <= 0:
+            return 0
+        cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+        removed: set[str] = set()
+        try:
+            async for blob in self.container.list_blobs():
+                if blob.last_modified < cutoff:
+                    try:
+                        await self.container.delete_blob(blob.name)
+                    except ResourceNotFoundError:
+                        continue  # another replica swept it
+                    removed.add(blob.name.removesuffix(".json"))
+        except ResourceNotFoundError:
+            return 0  # no container yet: nothing to sweep
+        return len(removed)
+
+    async def run(self) -> None:
+        """Upload what the spool holds (a restart drains it), then whatever lands there later."""
+        if self.account.create_containers:
+            try:
+                await self.account.ensure_container(self.container_name)
+            except Exception as exc:  # the uploader retries, and logs, while storage is away
+                log.warning("could not check Blob container %r: %s", self.container_name, describe_error(exc))
+        await self.uploader.run()
+
+    async def aclose(self) -> None:
+        await self.account.aclose()
+
+    # --- Uploads (called by the spool's uploader) ---
+    async def upload_image(self, image_id: str, image: StoredImage, record: bytes) -> None:
+        extension = _EXTENSIONS.get(image.mime_type, "bin")
+        settings = ContentSettings(
+            content_type=image.mime_type,
+            cache_control=IMAGE_CACHE_CONTROL,
+            content_disposition=f'inline; filename="{image_id}.{extension}"',
+            content_md5=bytearray(hashlib.md5(image.data).digest()),
+        )
+        await self._upload(image_id, image.data, settings, encode_metadata(json.loads(record)))
+
+    async def upload_record(self, image_id: str, record: bytes) -> None:
+        settings = ContentSettings(
+            content_type="application/json",
+            cache_control=RECORD_CACHE_CONTROL,
+            content_md5=bytearray(hashlib.md5(record).digest()),
+        )
+        await self._upload(f"{image_id}.json", record, settings, None)
+
+    async def _upload(
+        self, name: str, data: bytes, settings: ContentSettings, metadata: dict[str, str] | None
+    ) -> None:
+        """Put one blob and verify it: the service's MD5 of what it stored must be ours, and so must
+        the size. Creates the container once if it has gone missing (where allowed)."""
+        blob = self.container.get_blob_client(name)
+        for attempt in (1, 2):
+            try:
+                await blob.upload_blob(data, overwrite=True, content_settings=settings, metadata=metadata)
+                break
+            except ResourceNotFoundError as exc:
+                if exc.error_code != "ContainerNotFound" or attempt == 2:
+                    raise
+                if not await self.account.ensure_container(self.container_name):
+                    raise HttpResponseError(
+                        f"Blob container {self.container_name!r} does not exist in account "
+                        f"{self.account.name}: create it (the deployment template does)"
+                    ) from exc
+        properties = await blob.get_blob_properties()
+        stored_md5 = properties.content_settings.content_md5
+        if properties.size != len(data) or (stored_md5 and bytes(stored_md5) != bytes(settings.content_md5)):
+            raise HttpResponseError(
+                f"upload of {name} did not verify: {properties.size} bytes stored of {len(data)}"
+            )
+
+    async def _download(self, name: str) -> tuple[bytes, str] | None:
+        """A blob's bytes and content type; None when it (or its container) does not exist."""
+        try:
+            downloader = await self.container.download_blob(name)
+            data = await downloader.readall()
+        except ResourceNotFoundError:
+            return None
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            raise StorageUnavailable(
+                f"image storage is unreachable right now ({describe_error(exc)}); try again in a minute"
+            ) from exc
+        self.uploader.reached_storage()
+        content_type = downloader.properties.content_settings.content_type or "application/octet-stream"
+        return data, content_type
+
+
+def open_blob_store(settings: Settings) -> BlobImageStore:
+    started = time.perf_counter()
+    account = BlobAccount.from_settings(settings)
+    container = settings.blob_images_container
+    store = BlobImageStore(account, Spool(settings.spool_dir), container, settings.sas_minutes)
+    log.info(
+        "images in Azure Blob Storage: account %s, container %r (%s; spool %s; %.2f s)",
+        account.name,
+        settings.blob_images_container,
+        "connection string" if account.create_containers else "DefaultAzureCredential",
+        settings.spool_dir,
+        time.perf_counter() - started,
+    )
+    return store

@@ -1,0 +1,161 @@
+"""Azurite, the real Azure Storage emulator (npm `azurite`), run for tests on 127.0.0.1.
+
+`.ci/run` installs it under `.ci/node`; `AZURITE_DIR` or the PATH may point elsewhere. Each service is a
+separate Node process on a random port, started and stopped by its own process id.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import free_port
+
+# Azurite's well-known development account (public, documented by Microsoft; not a secret).
+ACCOUNT_NAME = "devstoreaccount1"
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+_ROOT = Path(__file__).resolve().parent.parent
+_ENDPOINT_NAMES = {"blob": "BlobEndpoint", "queue": "QueueEndpoint"}
+
+
+def find_azurite(service: str = "blob") -> str | None:
+    """The `azurite-<service>` executable: AZURITE_DIR, then .ci/node, then the PATH."""
+    name = f"azurite-{service}"
+    for folder in (os.environ.get("AZURITE_DIR"), _ROOT / ".ci" / "node" / "node_modules" / ".bin"):
+        if folder and (Path(folder) / name).is_file():
+            return str(Path(folder) / name)
+    return shutil.which(name)
+
+
+class Azurite:
+    """One Azurite instance: a Node process per service (blob, and queue when asked), on fixed random
+    ports so that `stop()` then `start()` brings the same endpoints back (empty: data lives in memory)."""
+
+    def __init__(self, services: tuple[str, ...] = ("blob",)) -> None:
+        self.services = services
+        self.ports = {service: free_port() for service in services}
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._workdir = Path(tempfile.mkdtemp(prefix="azurite-"))
+
+    def endpoint(self, service: str = "blob") -> str:
+        return f"http://127.0.0.1:{self.ports[service]}/{ACCOUNT_NAME}"
+
+    @property
+    def connection_string(self) -> str:
+        endpoints = "".join(f"{_ENDPOINT_NAMES[s]}={self.endpoint(s)};" for s in self.services)
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};{endpoints}"
+        )
+
+    @property
+    def running(self) -> bool:
+        return bool(self._procs) and all(p.poll() is None for p in self._procs.values())
+
+    def start(self, timeout: float = 30.0) -> None:
+        for service, port in self.ports.items():
+            executable = find_azurite(service)
+            if executable is None:
+                raise RuntimeError(
+                    f"azurite-{service} not found: run `npm install --prefix .ci/node azurite`"
+                )
+            log = (self._workdir / f"{service}.log").open("ab")
+            self._procs[service] = subprocess.Popen(
+                [
+                    executable,
+                    f"--{service}Host",
+                    "127.0.0.1",
+                    f"--{service}Port",
+                    str(port),
+                    "--inMemoryPersistence",
+                    "--extentMemoryLimit",
+                    "256",
+                    # azure-storage-blob speaks a newer API version than Azurite knows.
+                    "--skipApiVersionCheck",
+                    "--disableTelemetry",
+                    "--silent",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self._workdir,
+            )
+            log.close()
+        try:
+            for service, port in self.ports.items():
+                self._wait_until_listening(service, port, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_listening(self, service: str, port: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._procs[service].poll() is not None:
+                log = (self._workdir / f"{service}.log").read_text(errors="replace")
+                raise RuntimeError(f"azurite-{service} exited with {self._procs[service].returncode}:\n{log}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"azurite-{service} did not listen on port {port} in {timeout} s"
+                    ) from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop every service by its process id (SIGTERM, then SIGKILL after 10 s)."""
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+@contextmanager
+def running_azurite(services: tuple[str, ...] = ("blob",)) -> Iterator[Azurite]:
+    azurite = Azurite(services)
+    try:
+        azurite.start()
+        yield azurite
+    finally:
+        azurite.close()
+
+
+def skip_without_azurite() -> None:
+    """Skip where Azurite is not installed, except in CI, which installs it: there it must run."""
+    if find_azurite() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the Blob tests: Azurite is missing (see .ci/run)")
+        pytest.skip("Azurite is not installed: npm install --prefix .ci/node azurite")
+
+
+def blob_settings(azurite: Azurite) -> dict[str, Any]:
+    """Settings overrides for a store on this Azurite, in containers of its own."""
+    tag = secrets.token_hex(4)
+    return {
+        "azure_storage_connection_string": azurite.connection_string,
+        "blob_images_container": f"images-{tag}",
+        "blob_styles_container": f"styles-{tag}",
+    }
