@@ -41,23 +41,34 @@ def find_azurite(service: str = "blob") -> str | None:
 
 class Azurite:
     """One Azurite instance: a Node process per service (blob, and queue when asked), on fixed random
-    ports so that `stop()` then `start()` brings the same endpoints back (empty: data lives in memory)."""
+    ports so that `stop()` then `start()` brings the same endpoints back (empty: data lives in memory).
 
-    def __init__(self, services: tuple[str, ...] = ("blob",)) -> None:
+    `oauth=True` serves HTTPS with a self-signed certificate for 127.0.0.1 (`cert_path`) and accepts
+    bearer tokens (Azurite's `--oauth basic`: it checks their issuer, audience and lifetime)."""
+
+    def __init__(self, services: tuple[str, ...] = ("blob",), *, oauth: bool = False) -> None:
         self.services = services
         self.ports = {service: free_port() for service in services}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._workdir = Path(tempfile.mkdtemp(prefix="azurite-"))
+        self.cert_path: Path | None = None
+        self._tls_args: list[str] = []
+        if oauth:
+            self.cert_path, key_path = _self_signed_certificate(self._workdir)
+            self._tls_args = ["--oauth", "basic", "--cert", str(self.cert_path), "--key", str(key_path)]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.cert_path else "http"
 
     def endpoint(self, service: str = "blob") -> str:
-        return f"http://127.0.0.1:{self.ports[service]}/{ACCOUNT_NAME}"
+        return f"{self.scheme}://127.0.0.1:{self.ports[service]}/{ACCOUNT_NAME}"
 
     @property
     def connection_string(self) -> str:
         endpoints = "".join(f"{_ENDPOINT_NAMES[s]}={self.endpoint(s)};" for s in self.services)
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};{endpoints}"
-        )
+        account = f"AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY}"
+        return f"DefaultEndpointsProtocol={self.scheme};{account};{endpoints}"
 
     @property
     def running(self) -> bool:
@@ -85,6 +96,7 @@ class Azurite:
                     "--skipApiVersionCheck",
                     "--disableTelemetry",
                     "--silent",
+                    *self._tls_args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -133,9 +145,46 @@ class Azurite:
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
+def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, valid for a day, and its key (PEM files in `folder`)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
 @contextmanager
-def running_azurite(services: tuple[str, ...] = ("blob",)) -> Iterator[Azurite]:
-    azurite = Azurite(services)
+def running_azurite(services: tuple[str, ...] = ("blob",), *, oauth: bool = False) -> Iterator[Azurite]:
+    azurite = Azurite(services, oauth=oauth)
     try:
         azurite.start()
         yield azurite

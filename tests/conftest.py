@@ -20,10 +20,11 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
-    """Azurite (blob and queue services) for the session; each test uses containers or queues of its
-    own (tests/azurite.py: `blob_settings`). Skipped where Azurite is not installed, except in CI."""
+    """Azurite's Blob service for the session; each test uses containers of its own (tests/azurite.py:
+    `blob_settings`). Skipped where Azurite is not installed, except in CI. For queues, start
+    `running_azurite(("blob", "queue"))`: the queue service costs another 3 s to start."""
     skip_without_azurite()
-    with running_azurite(("blob", "queue")) as instance:
+    with running_azurite() as instance:
         yield instance
 
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
+import ssl
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,10 +20,14 @@ from urllib.parse import parse_qs, urlparse
 
 import anyio
 import httpx2
+import jwt
 import pytest
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import HttpResponseError
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from mcp import Client
 from PIL import Image
+from pydantic import ValidationError
 
 from noisett_mcp import images
 from noisett_mcp.config import Settings
@@ -27,7 +35,14 @@ from noisett_mcp.models import new_image_id
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from noisett_mcp.storage import LocalImageStore, open_store
-from noisett_mcp.storage.blob import BlobImageStore, decode_metadata
+from noisett_mcp.storage.blob import (
+    BlobAccount,
+    BlobImageStore,
+    decode_metadata,
+    describe_error,
+    encode_metadata,
+)
+from noisett_mcp.storage.spool import Spool
 from tests.azurite import ACCOUNT_KEY, Azurite, blob_settings, running_azurite, skip_without_azurite
 from tests.support import cli_http_server
 
@@ -222,13 +237,19 @@ async def test_retention_sweeps_old_images_from_the_local_store(make_settings: M
 
 
 async def test_blob_sweep_deletes_images_older_than_the_cutoff(blob: Settings) -> None:
-    async with Noisett(blob) as service, Client(build_server(service)) as client:
-        info = await generate(client, "ephemeral")
-        assert await service.store.sweep(30) == 0
+    store = open_store(blob)
+    assert isinstance(store, BlobImageStore)
+    try:
+        image_id = new_image_id()
+        png = images.encode(Image.new("RGB", (8, 8)), "png", {})
+        await store.save_image(image_id, png, "image/png", {"id": image_id})  # makes the container too
+        assert await store.spool.pending() == []
+        assert await store.sweep(30) == 0
         await anyio.sleep(2.1)  # Blob times have 1 s resolution
-        assert await service.store.sweep(1 / 86400) == 1  # one image: its blob and its record
-        assert await service.store.load_record(info["id"]) is None
-        assert await service.store.load_image(info["id"]) is None
+        assert await store.sweep(1 / 86400) == 1  # one image: its blob and its record
+        assert await store.load_record(image_id) is None and await store.load_image(image_id) is None
+    finally:
+        await store.aclose()
 
 
 async def test_open_store_picks_blob_only_when_configured(
@@ -243,3 +264,127 @@ async def test_open_store_picks_blob_only_when_configured(
         assert ACCOUNT_KEY not in repr(settings) and ACCOUNT_KEY not in str(settings.model_dump())
     finally:
         await store.aclose()
+
+
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+IDENTITY = "3d4c0d8e-7b5a-4f5e-9c1a-2b3c4d5e6f70"  # the managed identity's object id
+
+
+class LocalEntraCredential:
+    """An async token credential, like a managed identity's: it signs its own short-lived tokens for
+    Azure Storage. Azurite's OAuth mode checks their issuer, audience and lifetime, and derives the
+    user delegation key from `oid` and `tid`, so the SAS it verifies depends on this identity."""
+
+    def __init__(self) -> None:
+        self.key = secrets.token_bytes(32)
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        assert scopes == ("https://storage.azure.com/.default",), scopes
+        now = int(time.time())
+        claims = {
+            "aud": "https://storage.azure.com",
+            "iss": f"https://sts.windows.net/{TENANT}/",
+            "tid": TENANT,
+            "oid": IDENTITY,
+            "iat": now,
+            "nbf": now - 60,
+            "exp": now + 3600,
+        }
+        return AccessToken(jwt.encode(claims, self.key, algorithm="HS256"), now + 3600)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_managed_identity_gets_user_delegation_sas_links_with_a_cached_key(
+    make_settings: MakeSettings,
+) -> None:
+    skip_without_azurite()
+    with running_azurite(oauth=True) as azurite:  # HTTPS and bearer tokens, as in Azure
+        assert azurite.cert_path is not None
+        settings = make_settings(blob_account_url=azurite.endpoint(), blob_images_container="images")
+        account = BlobAccount.from_settings(
+            settings, LocalEntraCredential(), connection_verify=str(azurite.cert_path)
+        )
+        store = BlobImageStore(account, Spool(settings.spool_dir), "images", sas_minutes=5)
+        try:
+            assert not account.create_containers, "a managed identity does not create containers"
+            await account.container("images").create_container()
+            image_id = new_image_id()
+            png = images.encode(Image.new("RGB", (16, 16), "teal"), "png", {"seed": 3})
+            await store.save_image(image_id, png, "image/png", {"id": image_id, "seed": 3})
+            assert await store.spool.pending() == []
+
+            first = await store.image_url(image_id)
+            assert first is not None
+            query = parse_qs(urlparse(first).query)
+            assert query["skoid"] == [IDENTITY] and query["sktid"] == [TENANT]
+            assert query["sp"] == ["r"] and query["spr"] == ["https"]
+            key_expiry = datetime.strptime(query["ske"][0], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            assert 23 * 3600 < (key_expiry - datetime.now(UTC)).total_seconds() <= 24 * 3600
+            await anyio.sleep(1.1)
+            second = await store.image_url(image_id)
+            assert second is not None and parse_qs(urlparse(second).query)["skt"] == query["skt"], (
+                "the delegation key is cached, not fetched for every link"
+            )
+
+            tls = ssl.create_default_context(cafile=str(azurite.cert_path))
+            async with httpx2.AsyncClient(verify=tls) as http:
+                response = await http.get(first)
+                assert response.status_code == 200 and response.content == png
+                forged = first.replace(f"skoid={IDENTITY}", f"skoid={IDENTITY[:-1]}1")
+                assert (await http.get(forged)).status_code == 403
+        finally:
+            await store.aclose()
+
+
+def test_metadata_is_ascii_round_trips_and_long_values_are_cut() -> None:
+    record = {
+        "id": "0" * 32,
+        "prompt": "Crème brûlée, 100% “fancy”\nwith a newline",
+        "negative_prompt": "é" * 2000,  # 18 000 characters once percent-encoded
+        "seed": 7,
+        "versions": {"torch": "2.13.0"},
+        "status": "done",  # job state stays in the record, not in metadata
+        "error": None,
+    }
+    metadata = encode_metadata(record)
+    assert all(value.isascii() and value.isprintable() for value in metadata.values())
+    assert sum(len(k) + len(v) for k, v in metadata.items()) < 8 * 1024, "Azure's metadata limit"
+    decoded = decode_metadata(metadata)
+    assert decoded["prompt"] == record["prompt"] and decoded["seed"] == "7"
+    assert json.loads(decoded["versions"]) == {"torch": "2.13.0"}
+    assert "status" not in decoded and "error" not in decoded
+    assert decoded["truncated"] == "negative_prompt" and decoded["negative_prompt"] == "é" * len(
+        decoded["negative_prompt"]
+    )
+
+
+def test_storage_errors_are_described_without_secrets() -> None:
+    sas = "https://acct.blob.core.windows.net/c/b?sv=2026-10-06&sp=r&sig=c2VjcmV0K3NpZw%3D%3D&skoid=abc"
+    error = HttpResponseError(f"Server failed to authenticate the request {sas}\nmore detail")
+    error.status_code = 403
+    text = describe_error(error)
+    assert "c2VjcmV0K3NpZw" not in text and "sig=REDACTED" in text and "skoid=REDACTED" in text
+    assert text.startswith("HttpResponseError 403") and "more detail" not in text
+    key_error = ValueError(f"bad connection string AccountKey={ACCOUNT_KEY};EndpointSuffix=x")
+    assert ACCOUNT_KEY not in describe_error(key_error)
+
+
+def test_a_local_server_never_imports_the_azure_sdk(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from noisett_mcp.config import Settings\n"
+        "from noisett_mcp.http import create_app\n"
+        "from noisett_mcp.service import Noisett\n"
+        f"create_app(Noisett(Settings(model='demo', data_dir={str(tmp_path)!r})))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'azure'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if "AZURE_STORAGE" not in k and "BLOB" not in k}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_container_names_are_checked_with_a_clear_message(make_settings: MakeSettings) -> None:
+    with pytest.raises(ValidationError, match="3 to 63 lowercase letters, digits and single hyphens"):
+        make_settings(blob_images_container="Generated_Images")

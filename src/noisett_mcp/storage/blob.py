@@ -81,12 +81,24 @@ def encode_metadata(record: dict[str, Any]) -> dict[str, str]:
         text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), sort_keys=True)
         encoded = quote(text, safe=_METADATA_SAFE)
         if len(encoded) > _METADATA_VALUE_LIMIT:
-            encoded = re.sub(r"%[0-9A-F]?$", "", encoded[:_METADATA_VALUE_LIMIT])
+            encoded = _cut(text, _METADATA_VALUE_LIMIT)
             truncated.append(key)
         metadata[key] = encoded
     if truncated:
         metadata["truncated"] = ",".join(truncated)
     return metadata
+
+
+def _cut(text: str, limit: int) -> str:
+    """The longest encoded prefix within `limit` that ends on a whole character."""
+    pieces, size = [], 0
+    for char in text:
+        piece = quote(char, safe=_METADATA_SAFE)
+        if size + len(piece) > limit:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces)
 
 
 def decode_metadata(metadata: dict[str, str]) -> dict[str, str]:
