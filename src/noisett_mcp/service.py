@@ -354,6 +354,9 @@ class Noisett:
         }
         if self.engine_error:
             body["error"] = self.engine_error
+        store_health = getattr(self.store, "health", None)
+        if store_health is not None:  # Blob: reachable or not, and what waits in the spool
+            body["storage"] = store_health()
         return body
 
     # --- the worker side ---

@@ -281,6 +281,15 @@ class BlobImageStore:
                 log.warning("could not check Blob container %r: %s", self.container_name, describe_error(exc))
         await self.uploader.run()
 
+    def health(self) -> dict[str, Any]:
+        """For /health: an outage does not fail the probe (images wait in the spool), it shows here."""
+        return {
+            "backend": "azure-blob",
+            "container": self.container_name,
+            "reachable": self.uploader.healthy,
+            "spooled": len(self.spool.pending_now()),
+        }
+
     async def aclose(self) -> None:
         await self.account.aclose()
 
@@ -306,8 +315,9 @@ class BlobImageStore:
     async def _upload(
         self, name: str, data: bytes, settings: ContentSettings, metadata: dict[str, str] | None
     ) -> None:
-        """Put one blob and verify it: the service's MD5 of what it stored must be ours, and so must
-        the size. Creates the container once if it has gone missing (where allowed)."""
+        """Put one blob and verify it. The service refuses a body whose MD5 differs from the one we
+        send (Md5Mismatch); then the stored blob's size and MD5 must be ours. Creates the container
+        once if it has gone missing (where allowed)."""
         blob = self.container.get_blob_client(name)
         for attempt in (1, 2):
             try:

@@ -48,9 +48,10 @@ class Spool(LocalImageStore):
 
     async def pending(self) -> list[str]:
         """Ids with anything in the spool, oldest first."""
-        return await anyio.to_thread.run_sync(self._pending)
+        return await anyio.to_thread.run_sync(self.pending_now)
 
-    def _pending(self) -> list[str]:
+    def pending_now(self) -> list[str]:
+        """`pending()`, read on the calling thread: a small folder, for a health check."""
         if not self.root.is_dir():
             return []
         oldest: dict[str, float] = {}
