@@ -21,7 +21,7 @@ from noisett_mcp.engine.demo import DEMO_VERSION, write_demo_model
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from noisett_mcp.storage.sync import _safe_relative, parse_blob_model, sync_model, sync_prefix
-from noisett_mcp.styles import DEMO_STYLES_DIR
+from noisett_mcp.styles import DEMO_STYLES_DIR, matches_model
 from tests.azurite import Azurite, blob_settings
 
 pytestmark = pytest.mark.anyio
@@ -146,6 +146,9 @@ def test_blob_model_urls_name_a_container_and_a_prefix() -> None:
     for bad in ("blob://models", "blob://models/", "blob:///x", "blob://models/../x"):
         with pytest.raises(ValueError, match=r"blob://CONTAINER/PREFIX"):
             parse_blob_model(bad)
+    # Styles made for the hub repos fit the same weights kept in Blob.
+    assert matches_model(["HiDream-ai/HiDream-I1-*"], "blob://models/HiDream-I1-Fast")
+    assert not matches_model(["HiDream-ai/HiDream-I1-Dev"], "blob://models/HiDream-I1-Fast")
 
 
 async def test_a_blob_model_is_synced_to_the_cache_then_loaded(

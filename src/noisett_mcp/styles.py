@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from noisett_mcp.config import Settings
+from noisett_mcp.config import BLOB_MODEL_SCHEME, Settings
 from noisett_mcp.models import AspectRatio, StyleInfo
 
 log = logging.getLogger(__name__)
@@ -255,10 +255,11 @@ def _stat_key(path: Path) -> StatKey:
 
 def matches_model(patterns: Iterable[str], model: str) -> bool:
     """True if a `base_models` entry names the model: an exact id or a shell pattern (case-insensitive,
-    like hub ids). A local model folder also matches by its folder name, so a style for
-    `HiDream-ai/HiDream-I1-*` fits a copy of the repo in `/models/HiDream-I1-Fast`."""
+    like hub ids). A local model folder (or a `blob://` prefix) also matches by its last name, so a style
+    for `HiDream-ai/HiDream-I1-*` fits a copy of the repo in `/models/HiDream-I1-Fast`."""
     model_l = model.lower()
-    folder = Path(model).name.lower() if ("/" in model or "\\" in model) and Path(model).is_dir() else None
+    local = ("/" in model or "\\" in model) and Path(model).is_dir()
+    folder = Path(model).name.lower() if local or model_l.startswith(BLOB_MODEL_SCHEME) else None
     for pattern in patterns:
         p = pattern.lower()
         if fnmatchcase(model_l, p) or (folder and fnmatchcase(folder, p.rsplit("/", 1)[-1])):

@@ -346,11 +346,16 @@ class BlobImageStore:
         except ResourceNotFoundError:
             return None
         except Exception as exc:
-            if not is_outage(exc):
-                raise
-            raise StorageUnavailable(
-                f"image storage is unreachable right now ({describe_error(exc)}); try again in a minute"
-            ) from exc
+            if is_outage(exc):
+                message = (
+                    f"image storage is unreachable right now ({describe_error(exc)}); try again in a minute"
+                )
+            else:  # e.g. a role assignment missing: the operator must act
+                log.error("Blob storage refused to read %s: %s", name, describe_error(exc))
+                message = (
+                    f"image storage refused the request ({describe_error(exc)}); tell the server's operator"
+                )
+            raise StorageUnavailable(message) from exc
         self.uploader.reached_storage()
         content_type = downloader.properties.content_settings.content_type or "application/octet-stream"
         return data, content_type
