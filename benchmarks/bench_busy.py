@@ -44,7 +44,7 @@ async def latency_while_busy() -> None:
         busy_while_measuring = service.queue.running is not None
         for job in (service.queue.running, *service.queue.waiting):
             if job:
-                service.queue.cancel(job)
+                await service.queue.cancel(job)
     worst = max(p99(styles), p99(images))
     report(
         "latency while 4 generations run (HTTP, demo model)",

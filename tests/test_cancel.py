@@ -62,6 +62,6 @@ async def test_cancelled_queued_job_is_dropped(client: Client, service: Noisett)
             (queued,) = service.queue.waiting
             tg.cancel_scope.cancel()
     assert queued.status == "cancelled" and service.queue.depth == 0
-    service.queue.cancel(blocker)
+    await service.queue.cancel(blocker)
     await _wait_for(lambda: blocker.finished)
     assert blocker.status == "cancelled"

@@ -85,7 +85,7 @@ async def test_a_full_queue_gets_a_busy_error_and_the_server_goes_on(make_settin
             )
             assert not (await client.call_tool("list_styles", {})).is_error
             for job in (service.queue.running, *service.queue.waiting):
-                service.queue.cancel(job)
+                await service.queue.cancel(job)
             await _wait_for(lambda: service.queue.running is None and service.queue.depth == 0)
             result = await client.call_tool("generate_image", {"prompt": "room again", "steps": 1})
             assert result.structured_content["images"][0]["status"] == "done"

@@ -1,4 +1,4 @@
-"""Command line: `noisett-mcp serve | generate | demo-model`."""
+"""Command line: `noisett-mcp serve | worker | generate | demo-model | styles`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
         help="serve HTTP beyond this machine without Entra auth (only behind a gateway that authenticates)",
     )
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run a GPU worker for an Azure Storage queue",
+        description="Take generation jobs from the Azure Storage queue (NOISETT_QUEUE_NAME) that `serve` "
+        "fronts with NOISETT_QUEUE=azure, render them, and store the images in Blob storage.",
+    )
+    worker.add_argument("--model", help="override NOISETT_MODEL")
+    worker.add_argument(
+        "--health-port", type=int, help="port of the worker's /healthz (default: NOISETT_WORKER_HEALTH_PORT)"
+    )
+    worker.set_defaults(run=_worker)
 
     gen = commands.add_parser(
         "generate",
@@ -108,6 +120,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.transport == "http" and (problem := _http_auth_problem(settings, args.insecure_no_auth)):
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if settings.queue == "azure" and not settings.blob_enabled:
+        print(
+            "error: NOISETT_QUEUE=azure needs Azure storage for the queue and the images: set "
+            "AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL",
+            file=sys.stderr,
+        )
+        return 2
     telemetry.setup(settings)  # Azure Monitor when its connection string is set; otherwise nothing
     service = Noisett(settings)
     if args.transport == "stdio":
@@ -132,6 +151,22 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level=settings.log_level.lower(),
         log_config=None,
     )
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.blob_enabled:
+        print(
+            "error: noisett-mcp worker needs Azure storage for the queue and the images: set "
+            "AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL",
+            file=sys.stderr,
+        )
+        return 2
+    from noisett_mcp.worker import serve_worker
+
+    telemetry.setup(settings)
+    port = args.health_port if args.health_port is not None else settings.worker_health_port
+    anyio.run(serve_worker, settings, port)
     return 0
 
 

@@ -60,6 +60,30 @@ class Settings(BaseSettings):
         50.0, ge=0, description="How long generate_image waits before returning handles."
     )
     max_queue: int = Field(8, ge=1, description="Jobs that may wait for the GPU; more get a busy error.")
+    queue: Literal["local", "azure"] = Field(
+        "local",
+        description="`local`: one process renders. `azure`: `serve` is a front that queues jobs on an Azure "
+        "Storage queue for `noisett-mcp worker` processes (needs the storage settings).",
+    )
+    queue_name: str = Field("generation-jobs", description="The Azure Storage queue of generation jobs.")
+    queue_account_url: str | None = Field(
+        None,
+        description="Queue endpoint, e.g. `https://ACCOUNT.queue.core.windows.net`; default: from "
+        "NOISETT_BLOB_ACCOUNT_URL (or the connection string).",
+    )
+    queue_visibility_seconds: int = Field(
+        60,
+        ge=5,
+        le=3600,
+        description="How long a worker's claim on a job lasts unless renewed (it renews every third of "
+        "it); a dead worker's job reappears for another worker after this.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Deliveries of one job before it is marked failed instead of retried."
+    )
+    worker_health_port: int | None = Field(
+        8001, ge=0, le=65535, description="Port of `noisett-mcp worker`'s /healthz; empty to serve none."
+    )
 
     # --- storage ---
     data_dir: Path = Field(
@@ -199,6 +223,14 @@ class Settings(BaseSettings):
     def blob_model(self) -> bool:
         """NOISETT_MODEL names a prefix in Blob storage: `blob://CONTAINER/PREFIX`."""
         return self.model.startswith(BLOB_MODEL_SCHEME)
+
+    @property
+    def resolved_queue_account_url(self) -> str:
+        if self.queue_account_url:
+            return self.queue_account_url
+        if self.blob_account_url:
+            return self.blob_account_url.replace(".blob.", ".queue.", 1)
+        raise ValueError("NOISETT_QUEUE=azure needs NOISETT_QUEUE_ACCOUNT_URL or NOISETT_BLOB_ACCOUNT_URL")
 
     @property
     def auth_enabled(self) -> bool:

@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup
 
 from noisett_mcp import __version__, images
 from noisett_mcp.config import Settings
-from noisett_mcp.engine.jobs import GenerationCancelled, Job, LocalJobQueue, QueueFull
+from noisett_mcp.engine.jobs import GenerationCancelled, Job, JobQueue, LocalJobQueue, QueueFull
 from noisett_mcp.models import (
     DEMO_RENDER_SIDE,
     FINISHED,
@@ -81,7 +81,11 @@ class Noisett:
     ) -> None:
         self.settings = settings
         self.store = store or open_store(settings)
-        self.queue = LocalJobQueue(self._execute, settings.max_queue)
+        self.queue: JobQueue = (
+            _azure_queue(settings, self.store)
+            if settings.queue == "azure"
+            else LocalJobQueue(self.execute, settings.max_queue)
+        )
         self.telemetry = telemetry or Telemetry.default()
         self.telemetry.observe_queue(self.queue)
         self._jobs: dict[str, Job] = {}  # by image id, while this process knows the job
@@ -112,8 +116,15 @@ class Noisett:
     def start_preload(self) -> None:
         """Load the model in the background (idempotent). Called once the client's handshake is done,
         so that the torch import never slows `initialize`."""
+        if self.is_front:
+            return  # the GPU workers load the model
         if self.settings.preload and self.engine_state == "idle" and self._tg is not None:
             self._tg.start_soon(self._preload)
+
+    @property
+    def is_front(self) -> bool:
+        """A front only queues jobs (NOISETT_QUEUE=azure): GPU workers run them."""
+        return self.queue.durable
 
     async def _preload(self) -> None:
         with contextlib.suppress(Exception):  # recorded in engine_state; generation reports it
@@ -268,11 +279,13 @@ class Noisett:
             variant=self.settings.resolved_variant,
         )
         job = Job(id=new_image_id(), spec=spec, image_ids=[new_image_id() for _ in range(count)], owner=owner)
-        self.queue.submit(job)  # QueueFull goes straight back to the caller
+        await self.queue.ensure_room(job)  # QueueFull goes straight back to the caller
+        # Records first: once queued, a worker elsewhere may write them, and its writes must win.
+        await self.save_records(job)
+        await self.queue.submit(job)
         self.telemetry.job_queued(job)
         for image_id in job.image_ids:
             self._jobs[image_id] = job
-        await self._save_records(job)
         return job
 
     async def wait(self, job: Job, timeout: float, report: ProgressFn | None = None) -> None:
@@ -287,7 +300,8 @@ class Noisett:
                         await job.done.wait()
             await progress.update()
         except anyio.get_cancelled_exc_class():
-            self.queue.cancel(job)  # the client gave up on this request: stop its work
+            with anyio.CancelScope(shield=True):
+                await self.queue.cancel(job)  # the client gave up on this request: stop its work
             raise
 
     async def view(self, image_id: str, viewer: str = "local") -> ImageView:
@@ -307,12 +321,9 @@ class Noisett:
                 return ImageView(await self._with_url(info))
             if status in FINISHED:
                 return ImageView(info.model_copy(update={"status": status, "error": job.error}))
-            own = min(max(job.steps_done - index * job.spec.steps, 0), job.spec.steps)
-            # Decoding and storing count as one more step: 100% means stored.
-            progress = own / (job.spec.steps + 1)
-            info = info.model_copy(update={"status": status, "progress": progress})
+            info = info.model_copy(update={"status": status, "progress": _image_progress(job, index)})
             return ImageView(info, self.queue.eta(job), self.queue.position(job))
-        if info.status not in FINISHED:
+        if info.status not in FINISHED and not self.queue.durable:
             # Its job lived in a process that is gone (a restart): it will never finish.
             info = info.model_copy(
                 update={"status": "failed", "error": "interrupted by a server restart; generate it again"}
@@ -342,8 +353,11 @@ class Noisett:
         status = {"idle": "loading", "loading": "loading", "ready": "ready", "error": "error"}[
             self.engine_state
         ]
+        if self.is_front:
+            status = "ready"  # a front serves MCP at once; the GPU workers report their own health
         body: dict[str, Any] = {
             "status": status,
+            "role": "front" if self.is_front else "standalone",
             "model": self.settings.model,
             "variant": self.settings.resolved_variant,
             "device": engine.info.device if engine else None,
@@ -352,6 +366,8 @@ class Noisett:
             "queue_depth": self.queue.depth,
             "running": self.queue.running is not None,
         }
+        if self.is_front:
+            body["oldest_job_age_seconds"] = self.queue.oldest_age
         if self.engine_error:
             body["error"] = self.engine_error
         store_health = getattr(self.store, "health", None)
@@ -360,7 +376,7 @@ class Noisett:
         return body
 
     # --- the worker side ---
-    async def _execute(self, job: Job) -> None:
+    async def execute(self, job: Job) -> None:
         """Run one job to the end. Never raises: a failure is recorded on the job, and the queue goes on."""
         style: Style | None = None
         try:
@@ -370,7 +386,7 @@ class Noisett:
             style = await anyio.to_thread.run_sync(self._prepare_style, engine, job)
             job.status, job.started = "running", time.monotonic()
             self.telemetry.job_started(job)
-            await self._save_records(job)
+            await self.save_records(job)
             for index, image_id in enumerate(job.image_ids):
                 await self._render_one(engine, job, index, image_id, style)
             job.finish("done")
@@ -390,7 +406,7 @@ class Noisett:
             job.finish("failed", _describe_failure(exc))
             if self._engine is not None:
                 await anyio.to_thread.run_sync(self._engine.free_memory)
-        await self._save_records(job)
+        await self.save_records(job)
         self.telemetry.job_finished(job)
 
     def _prepare_style(self, engine: Engine, job: Job) -> Style | None:
@@ -444,12 +460,14 @@ class Noisett:
             "owner": job.owner,
             "status": job.image_status(index),
             "error": job.error,
+            "steps_done": job.steps_done,  # job-wide: a front follows a worker's progress by it
+            "progress": _image_progress(job, index),
             "seed": spec.seeds[index],
             **spec.model_dump(exclude={"seeds"}),
             "created_at": job.created_at,
         }
 
-    async def _save_records(self, job: Job) -> None:
+    async def save_records(self, job: Job) -> None:
         for index, image_id in enumerate(job.image_ids):
             if index < job.images_done:
                 continue  # finished images keep their final record
@@ -497,6 +515,21 @@ class _ProgressReporter:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def _image_progress(job: Job, index: int) -> float:
+    """One image's share of its job's steps. Decoding and storing count as one more step:
+    1.0 means stored."""
+    if job.image_status(index) == "done":
+        return 1.0
+    own = min(max(job.steps_done - index * job.spec.steps, 0), job.spec.steps)
+    return own / (job.spec.steps + 1)
+
+
+def _azure_queue(settings: Settings, store: ImageStore) -> JobQueue:
+    from noisett_mcp.engine.azure_queue import AzureJobQueue  # the Azure SDK only where it is used
+
+    return AzureJobQueue(settings, store)
 
 
 def _load_engine(settings: Settings) -> Engine:

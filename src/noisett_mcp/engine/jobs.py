@@ -92,11 +92,16 @@ class StepTimer:
 
 class JobQueue(Protocol):
     timer: StepTimer
+    durable: bool  # True when jobs outlive this process (a distributed queue)
+    oldest_age: float | None  # seconds the oldest waiting job has waited, where the queue knows
 
-    def submit(self, job: Job) -> None:
-        """Queue a job, or raise QueueFull at once."""
+    async def ensure_room(self, job: Job) -> None:
+        """Raise QueueFull at once if the queue has no room for another job."""
 
-    def cancel(self, job: Job) -> None:
+    async def submit(self, job: Job) -> None:
+        """Queue a job (after ensure_room)."""
+
+    async def cancel(self, job: Job) -> None:
         """Drop a queued job, or stop a running one at its next step."""
 
     def position(self, job: Job) -> int | None:
@@ -105,6 +110,14 @@ class JobQueue(Protocol):
     @property
     def depth(self) -> int:
         """Jobs waiting, not counting the running one."""
+
+    @property
+    def running(self) -> Job | None:
+        """The job this process is running, if any."""
+
+    @property
+    def waiting(self) -> tuple[Job, ...]:
+        """The jobs this process holds in line."""
 
     def eta(self, job: Job) -> float:
         """Seconds until the job is likely done."""
@@ -116,6 +129,8 @@ class JobQueue(Protocol):
 class LocalJobQueue:
     """In-process queue with a single worker task. The worker hands each image to a thread (the engine),
     so the event loop keeps serving list_styles, get_image and health checks while the GPU is busy."""
+
+    durable = False
 
     def __init__(self, execute: Callable[[Job], Awaitable[None]], max_queue: int) -> None:
         self._execute = execute
@@ -137,13 +152,20 @@ class LocalJobQueue:
     def waiting(self) -> tuple[Job, ...]:
         return tuple(self._waiting)
 
-    def submit(self, job: Job) -> None:
+    @property
+    def oldest_age(self) -> float | None:
+        return time.monotonic() - self._waiting[0].created if self._waiting else None
+
+    async def ensure_room(self, job: Job) -> None:
         if len(self._waiting) >= self.max_queue:
             raise QueueFull(len(self._waiting), self._steps_left_all())
+
+    async def submit(self, job: Job) -> None:
+        await self.ensure_room(job)
         self._waiting.append(job)
         self._wakeup.set()
 
-    def cancel(self, job: Job) -> None:
+    async def cancel(self, job: Job) -> None:
         job.cancel_requested = True
         if job in self._waiting:
             self._waiting.remove(job)

@@ -1,0 +1,205 @@
+"""Azure Storage Queues between an always-on MCP front and GPU workers that scale to zero. No torch here.
+
+The front (`AzureJobQueue`) sends each job as one message and follows it through the image records,
+which every replica can read. A worker (`noisett_mcp.worker`) claims a message (it turns invisible),
+keeps the claim alive while it renders, writes status and progress into those records, and deletes the
+message only once the images are stored. If a worker dies, the message reappears after its visibility
+timeout and another worker takes the job; a message delivered more than `NOISETT_MAX_ATTEMPTS` times
+is marked failed instead of looping forever.
+
+Cancelling is a record too: the front writes `{"kind": "control", "cancel": true}` under the job's id,
+and the worker checks it while it renders.
+
+Importing this module costs the Azure SDK's import time: the service imports it only in front mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue.aio import QueueClient
+from opentelemetry import propagate
+
+from noisett_mcp.config import Settings
+from noisett_mcp.engine.jobs import Job, QueueFull, StepTimer
+from noisett_mcp.models import FINISHED, GenerationSpec
+from noisett_mcp.storage import ImageStore
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.25  # how often the front reads the records of the jobs it waits on
+LENGTH_SECONDS = 2.0  # how often it refreshes the queue's length and oldest message
+
+
+def queue_client(settings: Settings) -> QueueClient:
+    """The job queue: through the connection string, or the queue endpoint and DefaultAzureCredential."""
+    name = settings.queue_name
+    if settings.azure_storage_connection_string:
+        return QueueClient.from_connection_string(
+            settings.azure_storage_connection_string.get_secret_value(), name
+        )
+    from azure.identity.aio import DefaultAzureCredential
+
+    return QueueClient(settings.resolved_queue_account_url, name, credential=DefaultAzureCredential())
+
+
+async def ensure_queue(client: QueueClient) -> None:
+    with contextlib.suppress(ResourceExistsError):  # another replica made it
+        await client.create_queue()
+
+
+def control_id(job: Job) -> str:
+    """The record id of a job's control record (a job id has the form of an image id)."""
+    return job.id
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """The wire form of a job: everything a worker needs to render it and to link its trace."""
+
+    job_id: str
+    image_ids: list[str]
+    owner: str
+    spec: dict[str, Any]
+    created_at: str
+    trace: dict[str, str]
+
+    @classmethod
+    def of(cls, job: Job) -> JobMessage:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # the worker's span joins the front's trace
+        return cls(job.id, job.image_ids, job.owner, job.spec.model_dump(), job.created_at, carrier)
+
+    def encode(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, content: str) -> JobMessage:
+        return cls(**json.loads(content))
+
+    def job(self) -> Job:
+        return Job(
+            id=self.job_id,
+            spec=GenerationSpec.model_validate(self.spec),
+            image_ids=list(self.image_ids),
+            owner=self.owner,
+            created_at=self.created_at,
+        )
+
+
+class AzureJobQueue:
+    """The front's side of the queue: the `JobQueue` seam, with the GPU work done elsewhere."""
+
+    durable = True  # jobs outlive this process: a record left `running` is still being worked on
+
+    def __init__(self, settings: Settings, store: ImageStore, client: QueueClient | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client or queue_client(settings)
+        self.max_queue = settings.max_queue
+        self.timer = StepTimer()
+        self.length = 0
+        self.oldest_age: float | None = None
+        self._followed: dict[str, Job] = {}
+        self._ready = False
+
+    # --- JobQueue ---
+    @property
+    def depth(self) -> int:
+        return self.length
+
+    @property
+    def running(self) -> Job | None:
+        return None  # runs happen on the workers
+
+    @property
+    def waiting(self) -> tuple[Job, ...]:
+        return ()
+
+    async def ensure_room(self, job: Job) -> None:
+        await self._ensure_ready()
+        properties = await self.client.get_queue_properties()
+        self.length = properties.approximate_message_count or 0
+        if self.length >= self.max_queue:
+            raise QueueFull(self.length, self.timer.estimate(self.length * job.total_steps))
+
+    async def submit(self, job: Job) -> None:
+        await self.client.send_message(JobMessage.of(job).encode())
+        self.length += 1
+        self._followed[job.id] = job
+
+    async def cancel(self, job: Job) -> None:
+        job.cancel_requested = True
+        if not job.finished:
+            await self.store.save_record(control_id(job), {"kind": "control", "cancel": True})
+
+    def position(self, job: Job) -> int | None:
+        # Storage Queues tell only their length: the messages ahead are at most the others in it.
+        return max(self.length - 1, 0) if job.status == "queued" else None
+
+    def eta(self, job: Job) -> float:
+        if job.finished:
+            return 0.0
+        ahead = (self.position(job) or 0) * job.total_steps
+        return self.timer.estimate(ahead + job.total_steps - job.steps_done)
+
+    async def run(self) -> None:
+        """Follow the jobs submitted here through their records, and the queue's length."""
+        await self._ensure_ready()
+        last_length = 0.0
+        while True:
+            if time.monotonic() - last_length >= LENGTH_SECONDS:
+                last_length = time.monotonic()
+                await self._refresh_length()
+            for job in list(self._followed.values()):
+                await self._follow(job)
+            await anyio.sleep(POLL_SECONDS)
+
+    # --- internals ---
+    async def _ensure_ready(self) -> None:
+        if not self._ready:
+            await ensure_queue(self.client)
+            self._ready = True
+
+    async def _refresh_length(self) -> None:
+        try:
+            properties = await self.client.get_queue_properties()
+            self.length = properties.approximate_message_count or 0
+            oldest = await self.client.peek_messages(max_messages=1)
+            self.oldest_age = (datetime.now(UTC) - oldest[0].inserted_on).total_seconds() if oldest else None
+        except Exception as exc:  # storage hiccups must not stop following jobs
+            log.warning("cannot read queue %s: %s", self.settings.queue_name, type(exc).__name__)
+
+    async def _follow(self, job: Job) -> None:
+        """Bring a job up to date from its image records, which the worker writes."""
+        try:
+            records = [await self.store.load_record(image_id) for image_id in job.image_ids]
+        except Exception as exc:
+            log.warning("cannot read records of job %s: %s", job.id, type(exc).__name__)
+            return
+        records = [r for r in records if r]
+        if len(records) < len(job.image_ids):
+            return
+        statuses = [r["status"] for r in records]
+        job.images_done = sum(1 for s in statuses if s == "done")
+        job.steps_done = max(int(r.get("steps_done") or 0) for r in records)
+        if "running" in statuses and job.status == "queued":
+            job.status, job.started = "running", time.monotonic()
+        if all(s in FINISHED for s in statuses):
+            failed = [r for r in records if r["status"] != "done"]
+            if failed:
+                job.finish(failed[0]["status"], failed[0].get("error"))
+            else:
+                if job.started is not None:
+                    self.timer.record(time.monotonic() - job.started, job.total_steps)
+                job.steps_done = job.total_steps
+                job.finish("done")
+            del self._followed[job.id]

@@ -1,0 +1,190 @@
+"""`noisett-mcp worker`: a GPU worker that takes jobs from the Azure Storage queue.
+
+It loads the model before it takes any job (a worker that cannot load reports it on /healthz and takes
+none), claims one message at a time, keeps the claim alive while it renders, writes progress into the
+image records, and deletes the message only once every image is in Blob storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from azure.storage.queue import QueueMessage
+from azure.storage.queue.aio import QueueClient
+from opentelemetry import propagate, trace
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from noisett_mcp.config import Settings
+from noisett_mcp.engine.azure_queue import JobMessage, ensure_queue, queue_client
+from noisett_mcp.engine.jobs import Job
+from noisett_mcp.service import Noisett
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("noisett_mcp.worker")
+
+IDLE_POLL_SECONDS = 1.0  # between empty receives
+PROGRESS_SECONDS = 0.5  # how often progress reaches the records
+CANCEL_CHECK_SECONDS = 1.0
+LOAD_RETRY_SECONDS = 60.0
+
+
+class Worker:
+    def __init__(self, settings: Settings, client: QueueClient | None = None) -> None:
+        self.settings = settings
+        self.service = Noisett(settings)
+        self.client = client or queue_client(settings)
+        self.visibility = settings.queue_visibility_seconds
+        self.current: Job | None = None
+        self.jobs_done = 0
+
+    async def run(self) -> None:
+        async with self.service:
+            await ensure_queue(self.client)
+            while True:
+                try:
+                    await self.service.engine()
+                    break
+                except Exception:  # logged and shown on /healthz; no job is taken meanwhile
+                    await anyio.sleep(LOAD_RETRY_SECONDS)
+            log.info("worker ready: taking jobs from queue %s", self.settings.queue_name)
+            while True:
+                message = await self.client.receive_message(visibility_timeout=self.visibility)
+                if message is None:
+                    await anyio.sleep(IDLE_POLL_SECONDS)
+                    continue
+                await self.process(message)
+
+    async def process(self, message: QueueMessage) -> None:
+        try:
+            job = JobMessage.decode(message.content).job()
+        except Exception as exc:  # not ours, or corrupt: it can never succeed
+            log.error("dropping malformed queue message %s: %s", message.id, exc)
+            await self.client.delete_message(message)
+            return
+        if message.dequeue_count > self.settings.max_attempts:
+            await self._give_up(job, message)
+            return
+        if await self._all_stored(job):  # a worker died after storing but before deleting
+            await self.client.delete_message(message)
+            return
+        carrier = JobMessage.decode(message.content).trace
+        with tracer.start_as_current_span(
+            "noisett.worker.job", context=propagate.extract(carrier), attributes={"noisett.job_id": job.id}
+        ):
+            log.info("job %s: %d image(s), attempt %d", job.id, len(job.image_ids), message.dequeue_count)
+            self.current = job
+            try:
+                async with self._claim(message) as claim, anyio.create_task_group() as tg:
+                    tg.start_soon(self._write_progress, job)
+                    tg.start_soon(self._watch_cancel, job)
+                    await self.service.execute(job)
+                    await self._wait_until_stored(job)
+                    tg.cancel_scope.cancel()
+                await self.client.delete_message(claim.message)
+            finally:
+                self.current = None
+        self.jobs_done += 1
+        log.info("job %s %s", job.id, job.status)
+
+    async def _give_up(self, job: Job, message: QueueMessage) -> None:
+        attempts = message.dequeue_count - 1
+        error = (
+            f"gave up after {attempts} attempts: a worker stopped each time while making it "
+            "(out of memory, a crash or a restart)"
+        )
+        log.error("job %s: %s", job.id, error)
+        job.finish("failed", error)
+        await self.service.save_records(job)
+        await self.client.delete_message(message)
+
+    @contextlib.asynccontextmanager
+    async def _claim(self, message: QueueMessage) -> AsyncIterator[_Claim]:
+        """Keep the message invisible while the job runs, renewing well before the timeout."""
+        claim = _Claim(message)
+        async with anyio.create_task_group() as tg:
+
+            async def renew() -> None:
+                while True:
+                    await anyio.sleep(self.visibility / 3)
+                    claim.message = await self.client.update_message(
+                        claim.message, visibility_timeout=self.visibility
+                    )
+
+            tg.start_soon(renew)
+            try:
+                yield claim
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _write_progress(self, job: Job) -> None:
+        written = -1
+        while True:
+            await anyio.sleep(PROGRESS_SECONDS)
+            if job.status == "running" and job.steps_done != written:
+                written = job.steps_done
+                await self.service.save_records(job)
+
+    async def _watch_cancel(self, job: Job) -> None:
+        while not job.cancel_requested:
+            await anyio.sleep(CANCEL_CHECK_SECONDS)
+            control = await self.service.store.load_record(job.id)
+            if control and control.get("cancel"):
+                job.cancel_requested = True  # the engine stops at its next step
+
+    async def _all_stored(self, job: Job) -> bool:
+        for image_id in job.image_ids:
+            record = await self.service.store.load_record(image_id)
+            if not record or record.get("status") != "done":
+                return False
+        return True
+
+    async def _wait_until_stored(self, job: Job) -> None:
+        """Until the spool holds nothing of this job: then it is all in Blob storage."""
+        spool = self.service.store.spool  # type: ignore[attr-defined]
+        while True:
+            pending = [i for i in job.image_ids if await spool.snapshot(i) is not None]
+            if not pending:
+                return
+            await anyio.sleep(1.0)
+
+    def health(self) -> dict[str, Any]:
+        body = self.service.health() | {"role": "worker", "jobs_done": self.jobs_done}
+        body["job"] = self.current.id if self.current else None
+        return body
+
+
+class _Claim:
+    def __init__(self, message: QueueMessage) -> None:
+        self.message = message
+        self.since = time.monotonic()
+
+
+def health_app(worker: Worker) -> Starlette:
+    async def health(request: Request) -> JSONResponse:
+        body = worker.health()
+        return JSONResponse(body, status_code=503 if body["status"] == "error" else 200)
+
+    return Starlette(routes=[Route("/healthz", health), Route("/health", health)])
+
+
+async def serve_worker(settings: Settings, health_port: int | None) -> None:
+    """Run the worker, with its health endpoint when a port is given."""
+    worker = Worker(settings)
+    async with anyio.create_task_group() as tg:
+        if health_port is not None:
+            import uvicorn
+
+            config = uvicorn.Config(
+                health_app(worker), host=settings.host, port=health_port, log_level="warning", lifespan="off"
+            )
+            tg.start_soon(uvicorn.Server(config).serve)
+        await worker.run()
+        tg.cancel_scope.cancel()
