@@ -184,6 +184,7 @@ async def test_no_image_is_lost_while_storage_is_down(
             }
 
     assert "storage unreachable" in caplog.text and "reachable again" in caplog.text
+    assert "still wait in the spool" in caplog.text  # the first server's last try, at shutdown
     assert ACCOUNT_KEY not in caplog.text and "AccountKey" not in caplog.text
 
 

@@ -42,6 +42,7 @@ logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(l
 
 IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"  # an id's image never changes
 RECORD_CACHE_CONTROL = "no-cache"  # a record changes while its job runs
+SHUTDOWN_DRAIN_SECONDS = 10.0  # within Container Apps' 30 s termination grace
 _EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpeg"}
 _NOT_METADATA = frozenset({"status", "progress", "error", "url"})  # job state lives in the record
 _METADATA_VALUE_LIMIT = 1024  # Azure allows 8 KiB of metadata per blob: long prompts are cut here
@@ -291,6 +292,16 @@ class BlobImageStore:
         }
 
     async def aclose(self) -> None:
+        # One last pass before the process goes: a replica scaled in may never start again here.
+        if self.spool.pending_now():
+            with anyio.move_on_after(SHUTDOWN_DRAIN_SECONDS, shield=True):
+                await self.uploader.drain()
+            if left := self.spool.pending_now():
+                log.warning(
+                    "%d image(s) still wait in the spool at %s: a restart uploads them",
+                    len(left),
+                    self.spool.root,
+                )
         await self.account.aclose()
 
     # --- Uploads (called by the spool's uploader) ---

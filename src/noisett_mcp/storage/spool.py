@@ -194,7 +194,7 @@ class SpoolUploader:
         failures = 0
         while True:
             self._work = anyio.Event()
-            if await self._drain():
+            if await self.drain():
                 failures = 0
                 await self._work.wait()
                 continue
@@ -204,7 +204,7 @@ class SpoolUploader:
             with anyio.move_on_after(delay):
                 await self._recovered.wait()
 
-    async def _drain(self) -> bool:
+    async def drain(self) -> bool:
         """One pass over the spool; False when storage was unreachable."""
         for image_id in await self.spool.pending():
             try:
