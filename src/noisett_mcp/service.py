@@ -388,7 +388,8 @@ class Noisett:
             self.telemetry.job_started(job)
             await self.save_records(job)
             for index, image_id in enumerate(job.image_ids):
-                await self._render_one(engine, job, index, image_id, style)
+                if index >= job.images_done:  # a job taken over from a dead worker resumes
+                    await self._render_one(engine, job, index, image_id, style)
             job.finish("done")
         except GenerationCancelled:
             job.finish("cancelled", "cancelled by the client")

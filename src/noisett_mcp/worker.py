@@ -72,7 +72,9 @@ class Worker:
         if message.dequeue_count > self.settings.max_attempts:
             await self._give_up(job, message)
             return
-        if await self._all_stored(job):  # a worker died after storing but before deleting
+        job.images_done = await self._images_stored(job)  # what a worker that died here already made
+        job.steps_done = job.images_done * job.spec.steps
+        if job.images_done == len(job.image_ids):  # it died after storing, before deleting the message
             await self.client.delete_message(message)
             return
         carrier = JobMessage.decode(message.content).trace
@@ -139,12 +141,15 @@ class Worker:
             if control and control.get("cancel"):
                 job.cancel_requested = True  # the engine stops at its next step
 
-    async def _all_stored(self, job: Job) -> bool:
+    async def _images_stored(self, job: Job) -> int:
+        """How many of the job's images, from the first, are already stored."""
+        stored = 0
         for image_id in job.image_ids:
             record = await self.service.store.load_record(image_id)
             if not record or record.get("status") != "done":
-                return False
-        return True
+                break
+            stored += 1
+        return stored
 
     async def _wait_until_stored(self, job: Job) -> None:
         """Until the spool holds nothing of this job: then it is all in Blob storage."""

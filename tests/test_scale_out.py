@@ -1,0 +1,282 @@
+"""An always-on front and GPU workers joined by an Azure Storage queue: real processes on one Azurite
+(blob and queue services), reached by the SDK's HTTP client."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+
+from tests.azurite import Azurite, running_azurite, skip_without_azurite
+from tests.support import free_port
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[Azurite]:
+    skip_without_azurite()
+    with running_azurite(("blob", "queue")) as running:
+        yield running
+
+
+class Processes:
+    """Fronts and workers as real `noisett-mcp` processes, all stopped at the end."""
+
+    def __init__(self, azurite: Azurite, tmp_path: Path, model_cache: Path) -> None:
+        tag = secrets.token_hex(4)
+        self.env = {
+            **os.environ,
+            "NOISETT_MODEL": "demo",
+            "MODEL_CACHE_DIR": str(model_cache),
+            "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+            "NOISETT_BLOB_IMAGES_CONTAINER": f"images-{tag}",
+            "NOISETT_BLOB_STYLES_CONTAINER": f"styles-{tag}",
+            "NOISETT_QUEUE": "azure",
+            "NOISETT_QUEUE_NAME": f"jobs-{tag}",
+            "NOISETT_QUEUE_VISIBILITY_SECONDS": "6",
+            "NOISETT_WAIT_SECONDS": "120",
+        }
+        self.tmp_path = tmp_path
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(self, args: list[str], name: str, **env: str) -> subprocess.Popen[bytes]:
+        data_dir = self.tmp_path / name
+        data_dir.mkdir()
+        log = (self.tmp_path / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "noisett_mcp", *args],
+            env={**self.env, "NOISETT_DATA_DIR": str(data_dir), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def front(self) -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        proc = self._spawn(["serve", "--transport", "http", "--port", str(port)], f"front-{port}")
+        return proc, f"http://127.0.0.1:{port}"
+
+    def worker(self, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        proc = self._spawn(["worker", "--health-port", str(port)], f"worker-{port}", **env)
+        return proc, f"http://127.0.0.1:{port}"
+
+    def log(self, name: str) -> str:
+        return (self.tmp_path / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def processes(azurite: Azurite, tmp_path: Path, model_cache: Path) -> Iterator[Processes]:
+    running = Processes(azurite, tmp_path, model_cache)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+async def health(base: str, *, status: str | None = None, timeout: float = 120.0) -> dict:
+    """Poll /healthz until it answers (with `status`, when given)."""
+    async with httpx2.AsyncClient() as http:
+        with anyio.fail_after(timeout):
+            while True:
+                try:
+                    response = await http.get(f"{base}/healthz")
+                    body = response.json()
+                    if status is None or body.get("status") == status:
+                        return body
+                except (httpx2.TransportError, ValueError):
+                    pass
+                await anyio.sleep(0.2)
+
+
+async def until(predicate, timeout: float = 120.0) -> None:
+    with anyio.fail_after(timeout):
+        while not await predicate():
+            await anyio.sleep(0.2)
+
+
+async def test_front_and_two_workers_make_images_with_progress(processes: Processes) -> None:
+    _, front = processes.front()
+    workers = [processes.worker()[1] for _ in range(2)]
+    body = await health(front)
+    assert body["role"] == "front" and body["status"] == "ready" and "queue_depth" in body
+    for worker in workers:
+        assert (await health(worker, status="ready"))["role"] == "worker"
+
+    progress: list[tuple[float, str | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, message))
+
+    async with Client(f"{front}/mcp") as client:
+        async with anyio.create_task_group() as tg:
+            results = []
+
+            async def generate(n: int) -> None:
+                result = await client.call_tool(
+                    "generate_image",
+                    {"prompt": f"scaled out {n}", "steps": 6, "count": 2},
+                    progress_callback=on_progress if n == 0 else None,
+                )
+                results.append(result)
+
+            for n in range(3):
+                tg.start_soon(generate, n)
+        for result in results:
+            assert not result.is_error, result.content
+            assert [i["status"] for i in result.structured_content["images"]] == ["done", "done"]
+        got = await client.call_tool(
+            "get_image", {"image_id": results[0].structured_content["images"][1]["id"]}
+        )
+        assert not got.is_error and any(block.type == "image" for block in got.content)
+    steps = [value for value, message in progress if message and "step" in message]
+    assert steps and steps == sorted(set(steps)) and steps[-1] == 12
+    done = [(await health(worker))["jobs_done"] for worker in workers]
+    assert sum(done) == 3
+
+
+async def test_a_killed_worker_s_job_is_finished_by_another(processes: Processes) -> None:
+    _, front = processes.front()
+    first, first_health = processes.worker()
+    await health(first_health, status="ready")
+    await health(front)
+    async with Client(f"{front}/mcp") as client:
+        made = await client.call_tool(
+            "generate_image", {"prompt": "survives", "steps": 50, "count": 3, "wait": False}
+        )
+        image_ids = [image["id"] for image in made.structured_content["images"]]
+
+        async def first_has_it() -> bool:
+            return (await health(first_health))["job"] is not None
+
+        await until(first_has_it)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        _, second_health = processes.worker()
+
+        async def finished() -> bool:
+            got = await client.call_tool("get_image", {"image_id": image_ids[-1]})
+            return got.structured_content is not None and got.structured_content["image"]["status"] == "done"
+
+        await until(finished, timeout=240)
+        for image_id in image_ids:
+            got = await client.call_tool("get_image", {"image_id": image_id})
+            assert not got.is_error and got.structured_content["image"]["status"] == "done"
+    assert (await health(second_health))["jobs_done"] == 1
+
+
+async def test_a_job_that_kills_its_workers_ends_failed_after_the_maximum_attempts(
+    processes: Processes,
+) -> None:
+    _, front = processes.front()
+    first, first_health = processes.worker(NOISETT_MAX_ATTEMPTS="1")
+    await health(first_health, status="ready")
+    await health(front)
+    async with Client(f"{front}/mcp") as client:
+        made = await client.call_tool(
+            "generate_image", {"prompt": "poison", "steps": 50, "count": 3, "wait": False}
+        )
+        image_id = made.structured_content["images"][0]["id"]
+
+        async def first_has_it() -> bool:
+            return (await health(first_health))["job"] is not None
+
+        await until(first_has_it)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        processes.worker(NOISETT_MAX_ATTEMPTS="1")
+
+        async def failed() -> bool:
+            got = await client.call_tool("get_image", {"image_id": image_id})
+            return got.is_error
+
+        await until(failed, timeout=240)
+        got = await client.call_tool("get_image", {"image_id": image_id})
+        assert "failed" in got.content[0].text and "gave up after 1 attempts" in got.content[0].text
+
+
+async def test_cancel_reaches_the_worker_in_another_process(processes: Processes) -> None:
+    _, front = processes.front()
+    _, worker = processes.worker()
+    await health(worker, status="ready")
+    await health(front)
+    async with Client(f"{front}/mcp") as client:
+        ids: list[str] = []
+
+        async def long_call() -> None:
+            await client.call_tool("generate_image", {"prompt": "to cancel", "steps": 100, "count": 4})
+
+        with anyio.move_on_after(120):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(long_call)
+
+                async def worker_started() -> bool:
+                    return (await health(worker))["job"] is not None
+
+                await until(worker_started)
+                tg.cancel_scope.cancel()
+
+        async def worker_idle() -> bool:
+            return (await health(worker))["job"] is None
+
+        started = time.monotonic()
+        await until(worker_idle, timeout=60)
+        assert time.monotonic() - started < 60
+        result = await client.call_tool("generate_image", {"prompt": "after the cancel", "steps": 2})
+        assert not result.is_error
+        ids.append(result.structured_content["images"][0]["id"])
+    assert (await health(worker))["jobs_done"] == 2
+
+
+async def test_front_answers_at_once_without_workers_and_jobs_wait_for_one(processes: Processes) -> None:
+    front_proc, front = processes.front()
+    await health(front)
+    started = time.monotonic()
+    async with Client(f"{front}/mcp") as client:
+        tools = await client.list_tools()
+        listed = time.monotonic() - started
+        assert {tool.name for tool in tools.tools} == {"generate_image", "list_styles", "get_image"}
+        maps = Path(f"/proc/{front_proc.pid}/maps")
+        if maps.exists():
+            assert "libtorch" not in maps.read_text(), "the front imported torch"
+        made = await client.call_tool(
+            "generate_image", {"prompt": "waits for a worker", "steps": 2, "wait": False}
+        )
+        image_id = made.structured_content["images"][0]["id"]
+        got = await client.call_tool("get_image", {"image_id": image_id})
+        assert got.structured_content["image"]["status"] == "queued"
+        body = await health(front)
+        assert body["queue_depth"] >= 1 or body["oldest_job_age_seconds"] is not None
+
+        processes.worker()
+
+        async def done() -> bool:
+            got = await client.call_tool("get_image", {"image_id": image_id})
+            return got.structured_content is not None and got.structured_content["image"]["status"] == "done"
+
+        await until(done, timeout=240)
+    assert listed < 30  # generous on a loaded machine; benchmarks/bench_scale_out.py measures it
