@@ -51,6 +51,8 @@ def adapters(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         "alien": {k.replace(".attn1.", ".attn9."): v for k, v in tensors.items()},
         # A LoRA for a UNet model: nothing in it is for the transformer.
         "unet": {k.replace("transformer.", "unet."): v for k, v in tensors.items()},
+        # The right module names with the wrong shapes (made for a bigger model of the same family).
+        "misshapen": {k: torch.zeros(4, 99) if ".lora_A." in k else v for k, v in tensors.items()},
         # A safetensors file that is not a LoRA at all.
         "plain": {"weight": torch.zeros(2, 2)},
     }
@@ -237,6 +239,7 @@ async def test_each_bad_style_is_refused_with_its_file_named_and_good_styles_sti
     folder = settings.resolved_styles_dir
     add_style(folder, "a", adapters["a"])
     add_style(folder, "alien", adapters["alien"])
+    add_style(folder, "misshapen", adapters["misshapen"])
     add_style(folder, "unet", adapters["unet"])
     add_style(folder, "plain", adapters["plain"])
     add_style(folder, "nofile", None)
@@ -266,15 +269,21 @@ async def test_each_bad_style_is_refused_with_its_file_named_and_good_styles_sti
     assert set(refused) == set(expected)
     for file, words in expected.items():
         assert words in refused[file], (file, refused[file])
-    # The keys of `alien` look fine without the model: only the loaded transformer can refuse it.
-    assert {"a", "alien"} <= set(await style_names(client))
+    # These look fine without the model: only the loaded transformer can refuse them.
+    assert {"a", "alien", "misshapen"} <= set(await style_names(client))
 
     assert "is a pickle file" in await error_text(client, style="pickled-pt")
     text = await error_text(client, style="alien", seed=3)
     assert "alien.toml" in text and "match no module" in text and "other styles still work" in text
-    assert "alien" not in await style_names(client), "a refused adapter is still offered"
+    text = await error_text(client, style="misshapen", seed=3)
+    assert "misshapen.toml" in text and "diffusers could not load the adapter" in text
+    assert not {"alien", "misshapen"} & set(await style_names(client)), "a refused adapter is still offered"
     engine = await service.engine()
-    assert "alien" not in engine.styles.loaded
+    assert not {"alien", "misshapen"} & set(engine.styles.loaded)
+    leftovers = [
+        n for n in engine.pipe.get_list_adapters().get("transformer", []) if "alien" in n or "mis" in n
+    ]
+    assert not leftovers, "a refused adapter stayed in the transformer"
 
     _, a = await generate(client, style="a")
     _, base = await generate(client)
@@ -283,6 +292,14 @@ async def test_each_bad_style_is_refused_with_its_file_named_and_good_styles_sti
     # New weights for the refused style: it is tried again.
     shutil.copyfile(adapters["b"], folder / "alien.safetensors")
     assert "alien" in await style_names(client)
+
+
+async def test_a_style_in_the_styles_folder_replaces_the_built_in_one_of_its_name(
+    client: Client, settings: Settings, adapters: dict[str, Path]
+) -> None:
+    add_style(settings.resolved_styles_dir, "demo-flat", adapters["a"], title="Ours")
+    listing = (await client.call_tool("list_styles", {})).structured_content["styles"]
+    assert [s["title"] for s in listing if s["name"] == "demo-flat"] == ["Ours"]
 
 
 async def test_styles_are_added_changed_and_removed_without_reloading_the_pipeline(

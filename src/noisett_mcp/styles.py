@@ -152,7 +152,6 @@ class Style:
     weights_file: Path | None
     sha256: str | None
     modules: frozenset[str]  # transformer modules the adapter's keys name
-    builtin: bool = False
     warnings: tuple[str, ...] = ()
 
     @property
@@ -333,11 +332,9 @@ class StyleCatalog:
         `folder` when it is given."""
         self.model = settings.model
         self.cache_dir = settings.resolved_model_cache_dir
-        self.folders = [(settings.resolved_styles_dir, False)]
-        if folder is not None:
-            self.folders = [(folder, False)]
-        elif settings.is_demo:
-            self.folders.append((DEMO_STYLES_DIR, True))
+        self.folders = [folder or settings.resolved_styles_dir]
+        if folder is None and settings.is_demo:
+            self.folders.append(DEMO_STYLES_DIR)  # after the styles folder: its styles win a name clash
         self._lock = threading.Lock()
         self._manifests: dict[Path, tuple[StatKey, StyleManifest | str]] = {}
         self._weights: dict[Path, tuple[StatKey, tuple[str, frozenset[str]] | str]] = {}
@@ -350,13 +347,16 @@ class StyleCatalog:
             refused: list[Refusal] = []
             skipped: list[Skipped] = []
             seen: set[Path] = set()
-            for folder, builtin in self.folders:
+            for folder in self.folders:
                 for path in sorted(folder.glob(f"*{MANIFEST_SUFFIX}")) if folder.is_dir() else []:
                     seen.add(path)
                     try:
-                        style = self._load(path, builtin)
+                        style = self._load(path)
                     except StyleRefused as exc:
                         refused.append(Refusal(path, exc.reason))
+                        continue
+                    except OSError as exc:  # unreadable, or removed mid-scan (a sync at work)
+                        refused.append(Refusal(path, f"cannot read it ({exc})"))
                         continue
                     if style.name in styles:  # a styles-folder style shadows a built-in demo one
                         continue
@@ -368,11 +368,10 @@ class StyleCatalog:
                         refused.append(Refusal(path, reason))
                         continue
                     styles[style.name] = style
-            # Forget files that are gone, so a cache never outgrows the folder.
-            used = {s.weights_file for s in styles.values()} | {s.source for s in skipped}
+            # Forget files that are gone, so the caches never outgrow the folder.
             for gone in [p for p in self._manifests if p not in seen]:
                 del self._manifests[gone]
-            for gone in [p for p in self._weights if p not in used and not p.is_file()]:
+            for gone in [p for p in self._weights if not p.is_file()]:
                 del self._weights[gone]
             view = CatalogView(styles, refused, skipped)
             self._log_changes(view, seen)
@@ -405,9 +404,8 @@ class StyleCatalog:
         return dataclasses.replace(style, weights_file=path, sha256=sha256, modules=modules)
 
     # --- internals (called with the lock held) ---
-    def _load(self, path: Path, builtin: bool) -> Style:
-        manifest = self._manifest(path)
-        m = manifest
+    def _load(self, path: Path) -> Style:
+        m = self._manifest(path)
         weights_file: Path | None
         if m.is_hub:
             assert m.weight_name is not None
@@ -422,7 +420,7 @@ class StyleCatalog:
         missing = [word for word in m.trigger_words if word.lower() not in template]
         if missing:
             warnings.append(f"trigger words not in prompt_template: {', '.join(missing)}")
-        style = Style(m, path, weights_file, sha256, modules, builtin)
+        style = Style(m, path, weights_file, sha256, modules)
         if style.preview_file is not None and not style.preview_file.is_file():
             warnings.append(f"preview {m.preview!r} not found; list_styles shows no preview")
         return dataclasses.replace(style, warnings=tuple(warnings))
