@@ -143,6 +143,19 @@ class BicepFile:
     def resources_of_type(self, resource_type: str) -> list[Declaration]:
         return [d for d in self.resources.values() if d.resource_type == resource_type]
 
+    def walk(self, node: Any) -> Any:
+        """Every node under `node`, depth first, going on into the variables it refers to."""
+        seen: set[str] = set()
+
+        def visit(node: Any) -> Any:
+            for inner in walk(node):
+                yield inner
+                if isinstance(inner, Ref) and inner.name in self.variables and inner.name not in seen:
+                    seen.add(inner.name)
+                    yield from visit(self.variables[inner.name].value)
+
+        return visit(node)
+
     def resolve(self, node: Any) -> Any:
         """Follow references to variables (and to parameters' defaults) until a value that is not one."""
         seen: set[str] = set()

@@ -7,6 +7,8 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,20 @@ import pytest
 import yaml
 
 from noisett_mcp.config import Settings
-from tests.bicep_reader import BicepFile, Call, Declaration, Interp, Prop, Ref, Ternary, read, walk
+from tests.bicep_reader import (
+    BicepFile,
+    BinOp,
+    Call,
+    Declaration,
+    Interp,
+    NonNull,
+    Prop,
+    Ref,
+    Ternary,
+    Unary,
+    read,
+    walk,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BICEP = ROOT / "infra" / "bicep"
@@ -63,10 +78,23 @@ def _role_id(template: BicepFile, assignment: Declaration) -> str:
     return template.resolve(definition.args[1])
 
 
+def _settings_variables() -> set[str]:
+    """The environment variables Settings reads."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names |= set(alias.choices) if alias is not None else {f"NOISETT_{name.upper()}"}
+    return names
+
+
+# What a template may set: what Settings reads, and what azure-identity, OpenTelemetry and the hub read.
+READ_BY_THE_APP = _settings_variables() | {"AZURE_CLIENT_ID", "OTEL_SERVICE_NAME", "HF_TOKEN"}
+
+
 def _env_names(entries: Any, template: BicepFile) -> dict[str, Any]:
-    """{name: value or secretRef} of an env list built with concat() and ternaries."""
+    """{name: value or secretRef} of an env list built from variables with concat() and ternaries."""
     found: dict[str, Any] = {}
-    for node in walk(template.resolve(entries)):
+    for node in template.walk(entries):
         if isinstance(node, dict) and "name" in node and ("value" in node or "secretRef" in node):
             found[node["name"]] = node.get("value", node.get("secretRef"))
     return found
@@ -132,7 +160,10 @@ def test_gpu_profile_is_a_parameter_limited_to_the_three_profiles(main: BicepFil
     assert list(environment.params["gpuProfileType"].decorators["allowed"][0]) == GPU_PROFILES
     [resource] = environment.resources_of_type("Microsoft.App/managedEnvironments")
     profiles = resource.value["properties"]["workloadProfiles"]
-    assert {"name": "Consumption", "workloadProfileType": "Consumption"} in profiles  # room for a CPU app
+    consumption = {"name": Ref("consumptionProfileName"), "workloadProfileType": "Consumption"}
+    assert (
+        consumption in profiles and environment.resolve(consumption["name"]) == "Consumption"
+    )  # a CPU front
     gpu = environment.resolve(profiles[1])
     assert isinstance(gpu, Call) and gpu.name == "union"
     assert gpu.args[0]["workloadProfileType"] == Ref("gpuProfileType")
@@ -164,10 +195,11 @@ def test_probes_check_healthz_and_the_startup_probe_waits_for_a_model_load(main:
     assert _default(app, "healthPath") == "/healthz" and _default(app, "targetPort") == 8000
     probes = {probe["type"]: probe for probe in app.resolve(Ref("probes"))}
     assert set(probes) == {"Startup", "Liveness", "Readiness"}
+    assert _default(app, "healthPort") == Ref("targetPort")  # the app's own port, unless a worker's is given
     for probe in probes.values():
         assert app.resolve(probe["httpGet"]) == {
             "path": Ref("healthPath"),
-            "port": Ref("targetPort"),
+            "port": Ref("healthPort"),
             "scheme": "HTTP",
         }
         for field, limit in PROBE_LIMITS.items():
@@ -221,12 +253,7 @@ def test_the_app_gets_the_settings_it_reads(main: BicepFile) -> None:
     }
     assert wanted <= set(env)
     # Every Noisett variable the template sets is one the app reads (no typo goes unnoticed).
-    known = set()
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        known |= set(alias.choices) if alias is not None else {f"NOISETT_{name.upper()}"}
-    others = {"AZURE_CLIENT_ID", "OTEL_SERVICE_NAME", "HF_TOKEN"}  # read by azure-identity, OTel, the hub
-    assert set(env) | set(secret_env) <= known | others
+    assert set(env) | set(secret_env) <= READ_BY_THE_APP
     # The allowed Host is the app's own FQDN, from the environment's default domain.
     host = env["NOISETT_ALLOWED_HOSTS"]
     assert (
@@ -240,7 +267,8 @@ def test_the_app_insights_connection_string_is_a_secret(main: BicepFile) -> None
     name = secret_env["APPLICATIONINSIGHTS_CONNECTION_STRING"]
     secrets = main.resolve(Ref("appSecrets"))
     assert secrets.name == "union"
-    assert secrets.args[0][name] == Prop(Prop(Ref("appInsights"), "properties"), "ConnectionString")
+    telemetry = main.resolve(secrets.args[0])
+    assert telemetry[name] == Prop(Prop(Ref("appInsights"), "properties"), "ConnectionString")
     assert "APPLICATIONINSIGHTS_CONNECTION_STRING" not in _env_names(main.variables["appEnv"].value, main)
     declaration, app = _module(main, "app")
     assert declaration.value["params"]["secrets"] == Ref("appSecrets")
@@ -317,6 +345,162 @@ def test_outputs_give_the_endpoint_and_mcp_urls(main: BicepFile) -> None:
     mcp = outputs["mcpUrl"].value
     assert isinstance(mcp, Ternary) and mcp.otherwise.parts[-1] == "/mcp"
     assert outputs["healthUrl"].value.otherwise.parts[-1] == "/healthz"
+
+
+# --- the split layout: an always-on CPU front and GPU workers on a queue ---
+STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
+
+
+def _outputs(module: str, output: str) -> Prop:
+    return Prop(Prop(Ref(module), "outputs"), output)
+
+
+def test_the_layout_is_a_parameter_and_the_single_gpu_app_stays_the_default(main: BicepFile) -> None:
+    assert list(main.params["layout"].decorators["allowed"][0]) == ["single", "split"]
+    assert _default(main, "layout") == "single"
+    assert main.variables["split"].value == BinOp("==", Ref("layout"), "split")
+    # Single: only the GPU app. Split: the queue, the front and the workers, and no GPU app.
+    for name, deployed_when_split in {"app": False, "queue": True, "front": True, "worker": True}.items():
+        nodes = list(walk(main.modules[name].condition))
+        assert Ref("split") in nodes and (Unary("!", Ref("split")) not in nodes) is deployed_when_split, name
+    # The single app queues locally: it sets no queue setting at all.
+    assert not {n for n in _env_names(Ref("appEnv"), main) if n.startswith("NOISETT_QUEUE")}
+    # The script and the workflow pass the layout on, so a push to main keeps the layout deployed by hand.
+    example = read(BICEP / "main.bicepparam")
+    assert example.params["layout"].value == Call("readEnvironmentVariable", ("NOISETT_LAYOUT", "single"))
+    assert "NOISETT_LAYOUT" in _workflow("deploy.yml")["jobs"]["deploy"]["env"]
+    assert "NOISETT_LAYOUT" in (BICEP / "deploy.sh").read_text()
+
+
+def test_the_front_is_always_on_on_consumption_with_the_ingress(main: BicepFile) -> None:
+    declaration, app = _module(main, "front")
+    params = declaration.value["params"]
+    assert params["name"] == Prop(Ref("names"), "app")  # the same endpoint as the single layout
+    assert params["workloadProfileName"] == _outputs("environment", "consumptionProfileName")
+    assert params["minReplicas"] == Ref("frontMinReplicas") and _default(main, "frontMinReplicas") == 1
+    assert main.params["frontMinReplicas"].decorators["minValue"] == (1,)  # never scaled to zero
+    assert params.get("ingressEnabled", _default(app, "ingressEnabled")) is True
+    assert params.get("external", _default(app, "external")) is True
+    assert params["corsOrigins"] == Ref("corsOrigins")
+    assert "healthPort" not in params and "healthPath" not in params  # probes on /healthz at port 8000
+    assert "command" not in params  # the image's CMD: serve over HTTP on port 8000
+    # A small CPU replica (Consumption allows 2 GiB per vCPU), with no model cache and no hub token.
+    cpu, memory = _default(main, "frontCpu"), _default(main, "frontMemory")
+    assert float(memory.removesuffix("Gi")) == 2 * float(cpu)
+    assert "volumeStorageName" not in params
+    assert main.resolve(params["secrets"]) == {
+        "appinsights-connection-string": Prop(Prop(Ref("appInsights"), "properties"), "ConnectionString")
+    }
+    env = _env_names(params["env"], main)
+    assert not {"NOISETT_QUANTIZE", "NOISETT_OFFLOAD", "MODEL_CACHE_DIR"} & set(env)
+    assert {"AZURE_AD_TENANT_ID", "AZURE_AD_CLIENT_ID", "NOISETT_ALLOWED_HOSTS", "NOISETT_MODEL"} <= set(env)
+    # One revision at a time: an old one would keep a warm replica, and front and workers ship together.
+    assert params["revisionsMode"] == "Single"
+
+
+def test_the_worker_is_on_the_gpu_profile_without_ingress_and_scales_on_the_queue(main: BicepFile) -> None:
+    declaration, app = _module(main, "worker")
+    params = declaration.value["params"]
+    assert params["name"] == Prop(Ref("names"), "worker")
+    assert params["workloadProfileName"] == _outputs("environment", "gpuProfileName")
+    assert params["ingressEnabled"] is False
+    assert params["minReplicas"] == Ref("minReplicas") and _default(main, "minReplicas") == 0
+    assert params["maxReplicas"] == Ref("maxReplicas")
+    assert params["revisionsMode"] == "Single"  # an old revision would also scale on the queue and take jobs
+    assert params["volumeStorageName"] == _outputs("environment", "modelCacheStorageName")
+    # Without ingress the module adds no HTTP rule: the queue rule alone scales it, from zero.
+    [resource] = app.resources_of_type("Microsoft.App/containerApps")
+    rules = resource.value["properties"]["template"]["scale"]["rules"]
+    assert rules == Call(
+        "concat", (Ternary(Ref("ingressEnabled"), [Ref("httpRule")], []), Ref("extraScaleRules"))
+    )
+    [rule] = [main.resolve(r) for r in params["extraScaleRules"]]
+    assert rule["azureQueue"] == {
+        "accountName": _outputs("storage", "name"),
+        "queueName": Ref("queueName"),
+        "queueLength": Ref("queueLength"),
+        "identity": _outputs("identity", "id"),  # KEDA signs in as the app identity: the account has no keys
+    }
+    assert (
+        isinstance(_default(main, "queueLength"), int) and main.params["queueLength"].decorators["minValue"]
+    )
+    # Every worker can be used before callers are told the queue is full.
+    assert _default(main, "maxQueue") >= _default(main, "queueLength") * _default(main, "maxReplicas")
+
+
+def test_the_worker_runs_the_worker_command_and_is_probed_on_its_health_port(main: BicepFile) -> None:
+    params = main.modules["worker"].value["params"]
+    command = params["command"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert command == ["noisett-mcp", "worker"] and command[0] in scripts
+    result = subprocess.run(
+        [sys.executable, "-m", "noisett_mcp", *command[1:], "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "queue" in result.stdout  # a real subcommand
+    # The probes check the port the worker serves its health on, reachable from outside the container.
+    assert params["healthPort"] == Ref("workerHealthPort")
+    assert _default(main, "workerHealthPort") == Settings.model_fields["worker_health_port"].default
+    env = _env_names(params["env"], main)
+    assert env["NOISETT_WORKER_HEALTH_PORT"] == Call("string", (Ref("workerHealthPort"),))
+    assert env["NOISETT_HOST"] == "0.0.0.0"
+    assert {"NOISETT_QUANTIZE", "NOISETT_OFFLOAD", "MODEL_CACHE_DIR", "NOISETT_MODEL"} <= set(env)
+    assert _env_names(params["secretEnv"], main)["HF_TOKEN"] == "hf-token"  # it loads the gated Llama
+
+
+def test_front_and_workers_share_the_azure_queue(main: BicepFile, monkeypatch: pytest.MonkeyPatch) -> None:
+    for app in ("front", "worker"):
+        params = main.modules[app].value["params"]
+        env = _env_names(params["env"], main) | _env_names(params["secretEnv"], main)
+        assert set(env) <= READ_BY_THE_APP, app
+        assert env["NOISETT_QUEUE"] == "azure"
+        assert env["NOISETT_QUEUE_NAME"] == Ref("queueName")
+        assert env["NOISETT_QUEUE_ACCOUNT_URL"] == _outputs("storage", "queueEndpoint")
+        assert env["NOISETT_BLOB_ACCOUNT_URL"] == _outputs("storage", "blobEndpoint")
+        assert env["AZURE_CLIENT_ID"] == _outputs("identity", "clientId")
+        assert Ref("queue") in main.modules[app].value["dependsOn"]  # the role is granted first
+        # Every literal value is one Settings accepts.
+        for name, value in env.items():
+            if isinstance(value, str) and name.startswith("NOISETT_"):
+                monkeypatch.setenv(name, value)
+        Settings()
+    assert _default(main, "queueName") == Settings.model_fields["queue_name"].default
+    _, storage = _module(main, "storage")
+    assert storage.outputs["queueEndpoint"].value == Prop(
+        Prop(Prop(Ref("account"), "properties"), "primaryEndpoints"), "queue"
+    )
+
+
+def test_the_queue_exists_and_the_identity_may_use_it(main: BicepFile) -> None:
+    declaration, module = _module(main, "queue")
+    assert declaration.value["params"] == {
+        "storageAccountName": _outputs("storage", "name"),
+        "queueName": Ref("queueName"),
+        "principalId": _outputs("identity", "principalId"),
+    }
+    [queue] = module.resources_of_type("Microsoft.Storage/storageAccounts/queueServices/queues")
+    assert queue.value["name"] == Ref("queueName") and queue.value["parent"] == Ref("queueService")
+    [account] = module.resources_of_type("Microsoft.Storage/storageAccounts")
+    assert account.existing and account.value["name"] == Ref("storageAccountName")
+    access = _only(module.resources_of_type("Microsoft.Authorization/roleAssignments"))
+    assert _role_id(module, access) == STORAGE_QUEUE_DATA_CONTRIBUTOR
+    assert access.value["scope"] == Ref("account")
+    assert access.value["properties"]["principalId"] == Ref("principalId")
+    assert access.value["properties"]["principalType"] == "ServicePrincipal"
+
+
+def test_the_outputs_name_the_app_with_the_ingress(main: BicepFile) -> None:
+    fqdn = main.variables["endpointFqdn"].value
+    assert fqdn == Ternary(
+        Unary("!", Ref("deployApps")),
+        "",
+        Ternary(Ref("split"), _fqdn("front"), _fqdn("app")),
+    )
+    assert main.outputs["endpoint"].value == Ref("endpoint")
+    assert {"layout", "workerName", "queueName"} <= set(main.outputs)
+
+
+def _fqdn(module: str) -> Prop:
+    return Prop(Prop(NonNull(Ref(module)), "outputs"), "fqdn")
 
 
 # --- the Dockerfile ---

@@ -7,12 +7,19 @@
 # 1. deploys the infrastructure (registry, storage, identity, monitoring, GPU environment);
 # 2. builds the image in the registry with ACR Tasks (no local Docker or GPU needed), tagged with the commit;
 # 3. deploys the app on that image and waits for /healthz.
-# Optional environment: NOISETT_GPU_PROFILE, NOISETT_MODEL, NOISETT_MAX_REPLICAS, NOISETT_CORS_ORIGINS, HF_TOKEN,
-# NOISETT_NAME_PREFIX (see infra/bicep/main.bicepparam).
+# Optional environment: NOISETT_LAYOUT (single, the default: one GPU app; split: an always-on CPU front and GPU
+# workers on a queue, docs/deploy.md), NOISETT_GPU_PROFILE, NOISETT_MODEL, NOISETT_MAX_REPLICAS (GPUs),
+# NOISETT_QUEUE_LENGTH, NOISETT_MAX_QUEUE, NOISETT_CORS_ORIGINS, HF_TOKEN, NOISETT_NAME_PREFIX
+# (see infra/bicep/main.bicepparam).
 set -euo pipefail
 
 group="${1:-${NOISETT_RESOURCE_GROUP:-noisett}}"
 location="${2:-${NOISETT_LOCATION:-swedencentral}}"
+export NOISETT_LAYOUT="${NOISETT_LAYOUT:-single}"
+case "$NOISETT_LAYOUT" in
+  single | split) ;;
+  *) echo "NOISETT_LAYOUT must be single or split, not '$NOISETT_LAYOUT'" >&2; exit 2 ;;
+esac
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 params="$here/main.bicepparam"
@@ -28,7 +35,7 @@ if [ -n "$(git -C "$root" status --porcelain 2>/dev/null)" ]; then
   tag="$tag-dirty-$(date -u +%H%M%S)"
 fi
 
-echo "==> resource group $group in $location"
+echo "==> resource group $group in $location, layout $NOISETT_LAYOUT"
 az group create --name "$group" --location "$location" --output none
 
 echo "==> 1/3 infrastructure"
@@ -48,8 +55,13 @@ output() {
 health="$(output healthUrl)"
 mcp="$(output mcpUrl)"
 revision="$(output latestRevision)"
+worker="$(output workerName)"
 
-echo "==> waiting for $health (a GPU replica starting from zero takes minutes)"
+if [ -n "$worker" ]; then
+  echo "==> waiting for $health (the CPU front; GPU workers start when a job is queued)"
+else
+  echo "==> waiting for $health (a GPU replica starting from zero takes minutes)"
+fi
 for attempt in $(seq 1 60); do
   if body="$(curl --silent --show-error --fail --max-time 30 "$health")"; then
     echo "healthy: $body"
@@ -61,4 +73,8 @@ done
 
 echo
 echo "MCP endpoint: $mcp"
-echo "revision:     $revision   (rollback: docs/deploy.md, Rollback)"
+echo "revision:     $revision   (rollback: docs/deploy.md, Roll back)"
+if [ -n "$worker" ]; then
+  echo "GPU workers:  $worker, 0 to ${NOISETT_MAX_REPLICAS:-1} replicas on queue $(output queueName)"
+  echo "              (queue_depth and oldest_job_age_seconds on $health)"
+fi

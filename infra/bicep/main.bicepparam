@@ -12,6 +12,15 @@ param gpuProfile = readEnvironmentVariable('NOISETT_GPU_PROFILE', 'Consumption-G
 // Empty on the first run (the registry does not exist yet); then <registry>.azurecr.io/noisett-mcp:<sha>.
 param containerImage = readEnvironmentVariable('NOISETT_IMAGE', '')
 
+// single (one GPU app) | split (an always-on CPU front and GPU workers on a queue): docs/deploy.md
+param layout = readEnvironmentVariable('NOISETT_LAYOUT', 'single')
+
+// Split: queued jobs per GPU worker before another worker starts.
+param queueLength = int(readEnvironmentVariable('NOISETT_QUEUE_LENGTH', '4'))
+
+// Jobs queued (split: and running) before callers are told to retry; split: at least queueLength × maxReplicas.
+param maxQueue = int(readEnvironmentVariable('NOISETT_MAX_QUEUE', '8'))
+
 param model = readEnvironmentVariable('NOISETT_MODEL', 'HiDream-ai/HiDream-I1-Fast')
 
 param entraClientId = readEnvironmentVariable('AZURE_AD_CLIENT_ID')

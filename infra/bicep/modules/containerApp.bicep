@@ -1,5 +1,5 @@
-// One container app. Generic on purpose: main.bicep deploys the GPU endpoint with it, and a second app (a
-// CPU front, or GPU workers scaled by a queue rule) is another call with other parameters.
+// One container app. Generic on purpose: main.bicep deploys with it the GPU endpoint (the single layout), or
+// the CPU front with the ingress and the GPU workers with a queue scale rule and no ingress (the split layout).
 
 @description('Azure region.')
 param location string
@@ -56,6 +56,20 @@ param corsOrigins array = []
 
 @description('Path of the health endpoint used by the startup, liveness and readiness probes.')
 param healthPath string = '/healthz'
+
+@description('Port of the health endpoint; 0: no probes. A worker without ingress serves its own health port.')
+@minValue(0)
+@maxValue(65535)
+param healthPort int = targetPort
+
+@description('''Multiple: each deploy keeps the previous revisions for a traffic-switch rollback (they scale to
+zero only with minReplicas 0). Single: the new revision replaces the old one once it is ready; for apps kept
+warm (minReplicas above 0) and for queue-scaled workers, whose old revisions would otherwise keep running.''')
+@allowed([
+  'Multiple'
+  'Single'
+])
+param revisionsMode string = 'Multiple'
 
 @description('Replicas kept while idle; 0 scales to zero.')
 @minValue(0)
@@ -129,7 +143,7 @@ var ingress = {
 }
 var probeTarget = {
   path: healthPath
-  port: targetPort
+  port: healthPort
   scheme: 'HTTP'
 }
 // /healthz answers 200 while the model loads ("loading") and 503 only once loading failed. So the startup
@@ -189,9 +203,9 @@ resource app 'Microsoft.App/containerApps@2025-01-01' = {
     environmentId: environmentId
     workloadProfileName: workloadProfileName
     configuration: {
-      // Every deploy makes a revision and moves all traffic to it; the previous ones stay, scaled to
-      // zero, for an instant rollback (docs/deploy.md).
-      activeRevisionsMode: 'Multiple'
+      // Multiple: every deploy makes a revision and moves all traffic to it; the previous ones stay for
+      // an instant rollback (docs/deploy.md). Single: the new revision replaces the old one.
+      activeRevisionsMode: revisionsMode
       maxInactiveRevisions: 10
       registries: [
         {
@@ -218,7 +232,7 @@ resource app 'Microsoft.App/containerApps@2025-01-01' = {
             memory: memory
           }
           env: concat(env, secretEnv)
-          probes: ingressEnabled ? probes : []
+          probes: healthPort == 0 ? [] : probes
           volumeMounts: hasVolume ? volumeMounts : []
         }
       ]

@@ -1,5 +1,6 @@
-// The Container Apps environment: workload profiles with the default Consumption profile (for CPU apps)
-// and one GPU profile, console logs to Log Analytics, and the model-cache share linked for mounting.
+// The Container Apps environment: workload profiles with the default Consumption profile (the CPU front of
+// the split layout) and one GPU profile, console logs to Log Analytics, and the model-cache share linked for
+// mounting.
 
 @description('Azure region.')
 param location string
@@ -33,6 +34,7 @@ param modelCacheShareName string = ''
 param tags object = {}
 
 var gpuProfileName = 'gpu'
+var consumptionProfileName = 'Consumption'
 var dedicated = !startsWith(gpuProfileType, 'Consumption-')
 var modelCacheStorageName = 'model-cache'
 // A dedicated profile is a pool of nodes, none while idle and at most gpuMaxNodes; a serverless one has no pool.
@@ -66,7 +68,7 @@ resource environment 'Microsoft.App/managedEnvironments@2025-01-01' = {
     }
     workloadProfiles: [
       {
-        name: 'Consumption'
+        name: consumptionProfileName
         workloadProfileType: 'Consumption'
       }
       gpuProfile
@@ -91,4 +93,5 @@ output id string = environment.id
 output name string = environment.name
 output defaultDomain string = environment.properties.defaultDomain
 output gpuProfileName string = gpuProfileName
+output consumptionProfileName string = consumptionProfileName
 output modelCacheStorageName string = empty(modelCacheAccountName) ? '' : modelCacheStorageName

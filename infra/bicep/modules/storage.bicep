@@ -124,3 +124,4 @@ resource operatorAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
 output name string = account.name
 output id string = account.id
 output blobEndpoint string = account.properties.primaryEndpoints.blob
+output queueEndpoint string = account.properties.primaryEndpoints.queue
