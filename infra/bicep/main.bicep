@@ -427,6 +427,8 @@ module worker 'modules/containerApp.bicep' = if (deployApps && split) {
       queueScaleRule
     ]
     revisionsMode: 'Single'
+    // Let a worker finish its job on scale-in (Container Apps' maximum): a stop mid-job costs an attempt.
+    terminationGracePeriodSeconds: 600
     volumeStorageName: environment.outputs.modelCacheStorageName
     volumeMountPath: modelCacheMountPath
     tags: tags

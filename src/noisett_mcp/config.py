@@ -82,7 +82,7 @@ class Settings(BaseSettings):
         3, ge=1, description="Deliveries of one job before it is marked failed instead of retried."
     )
     worker_health_port: int | None = Field(
-        8001, ge=0, le=65535, description="Port of `noisett-mcp worker`'s /healthz; empty to serve none."
+        8001, ge=0, le=65535, description="Port of `noisett-mcp worker`'s /healthz and /health."
     )
 
     # --- storage ---
@@ -198,6 +198,16 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", value):
+            raise ValueError(
+                f"{value!r} is not an Azure Storage queue name: 3 to 63 lowercase letters, digits and single "
+                "hyphens, starting and ending with a letter or digit"
+            )
         return value
 
     @field_validator("blob_images_container", "blob_styles_container")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -39,11 +40,13 @@ LOAD_RETRY_SECONDS = 60.0
 class Worker:
     def __init__(self, settings: Settings, client: QueueClient | None = None) -> None:
         self.settings = settings
-        self.service = Noisett(settings)
+        # The worker renders jobs itself: its service runs in local mode whatever NOISETT_QUEUE says.
+        self.service = Noisett(settings.model_copy(update={"queue": "local"}))
         self.client = client or queue_client(settings)
         self.visibility = settings.queue_visibility_seconds
         self.current: Job | None = None
         self.jobs_done = 0
+        self.stopping = False  # set on SIGTERM: finish the job in hand, take no more
 
     async def run(self) -> None:
         async with self.service:
@@ -55,7 +58,7 @@ class Worker:
                 except Exception:  # logged and shown on /healthz; no job is taken meanwhile
                     await anyio.sleep(LOAD_RETRY_SECONDS)
             log.info("worker ready: taking jobs from queue %s", self.settings.queue_name)
-            while True:
+            while not self.stopping:
                 message = await self.client.receive_message(visibility_timeout=self.visibility)
                 if message is None:
                     await anyio.sleep(IDLE_POLL_SECONDS)
@@ -181,9 +184,21 @@ def health_app(worker: Worker) -> Starlette:
 
 
 async def serve_worker(settings: Settings, health_port: int | None) -> None:
-    """Run the worker, with its health endpoint when a port is given."""
+    """Run the worker, with its health endpoint when a port is given. SIGTERM (scale-in, a new
+    revision) lets the job in hand finish, so that stopping does not count as a failed attempt."""
     worker = Worker(settings)
     async with anyio.create_task_group() as tg:
+
+        async def stop_on_sigterm() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    if worker.current is None:
+                        tg.cancel_scope.cancel()
+                        return
+                    log.info("stopping after job %s (SIGTERM)", worker.current.id)
+                    worker.stopping = True
+
+        tg.start_soon(stop_on_sigterm)
         if health_port is not None:
             import uvicorn
 

@@ -95,6 +95,9 @@ param volumeMountPath string = '/mnt/model-cache'
 @description('SMB mount options: owned by the image\'s user (uid 10001); mfsymlinks for the Hugging Face cache\'s links.')
 param volumeMountOptions string = 'uid=10001,gid=10001,mfsymlinks,nobrl'
 
+@description('Seconds a replica may take to stop after SIGTERM: a GPU worker finishes the job in hand.')
+param terminationGracePeriodSeconds int = 30
+
 param tags object = {}
 
 var volumeName = 'model-cache'
@@ -222,6 +225,7 @@ resource app 'Microsoft.App/containerApps@2025-01-01' = {
       ingress: ingressEnabled ? ingress : null
     }
     template: {
+      terminationGracePeriodSeconds: terminationGracePeriodSeconds
       containers: [
         {
           name: 'app'

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25  # how often the front reads the records of the jobs it waits on
 LENGTH_SECONDS = 2.0  # how often it refreshes the queue's length and oldest message
+READ_DEADLINE_SECONDS = 10.0
 
 
 def queue_client(settings: Settings) -> QueueClient:
@@ -152,16 +153,26 @@ class AzureJobQueue:
         return self.timer.estimate(ahead + job.total_steps - job.steps_done)
 
     async def run(self) -> None:
-        """Follow the jobs submitted here through their records, and the queue's length."""
+        """Follow the jobs submitted here through their records, and the queue's length. Each read has
+        a deadline: one hung request must not stall every waiting client."""
         await self._ensure_ready()
-        last_length = 0.0
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._every, LENGTH_SECONDS, self._refresh_length)
+            tg.start_soon(self._every, POLL_SECONDS, self._follow_all)
+
+    async def _every(self, seconds: float, action: Any) -> None:
         while True:
-            if time.monotonic() - last_length >= LENGTH_SECONDS:
-                last_length = time.monotonic()
-                await self._refresh_length()
-            for job in list(self._followed.values()):
-                await self._follow(job)
-            await anyio.sleep(POLL_SECONDS)
+            with anyio.move_on_after(READ_DEADLINE_SECONDS) as scope:
+                await action()
+            if scope.cancelled_caught:
+                log.warning(
+                    "reading the job queue's state took over %s s; trying again", READ_DEADLINE_SECONDS
+                )
+            await anyio.sleep(seconds)
+
+    async def _follow_all(self) -> None:
+        for job in list(self._followed.values()):
+            await self._follow(job)
 
     # --- internals ---
     async def _ensure_ready(self) -> None:
