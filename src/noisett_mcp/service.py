@@ -448,8 +448,9 @@ class Noisett:
         }
         metadata = {k: v for k, v in record.items() if k not in ("status", "progress", "error", "url", "uri")}
         data = await anyio.to_thread.run_sync(images.encode, image, job.spec.format, metadata)
-        await self.store.save_image(image_id, data, images.MIME_TYPES[job.spec.format], record)
-        job.images_done = index + 1
+        async with job.records_lock:
+            await self.store.save_image(image_id, data, images.MIME_TYPES[job.spec.format], record)
+            job.images_done = index + 1
 
     def _record(self, job: Job, index: int) -> dict[str, Any]:
         spec = job.spec
@@ -469,10 +470,11 @@ class Noisett:
         }
 
     async def save_records(self, job: Job) -> None:
-        for index, image_id in enumerate(job.image_ids):
-            if index < job.images_done:
-                continue  # finished images keep their final record
-            await self.store.save_record(image_id, self._record(job, index))
+        async with job.records_lock:
+            for index, image_id in enumerate(job.image_ids):
+                if index < job.images_done:
+                    continue  # finished images keep their final record
+                await self.store.save_record(image_id, self._record(job, index))
 
 
 class _ProgressReporter:

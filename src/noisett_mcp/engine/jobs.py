@@ -50,6 +50,8 @@ class Job:
     finished_at: float | None = None
     cancel_requested: bool = False
     done: anyio.Event = field(default_factory=anyio.Event)
+    # Serializes writes of the job's records: a progress write must never land after the final one.
+    records_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
     def total_steps(self) -> int:
