@@ -25,7 +25,7 @@ from noisett_mcp.worker import Worker
 from tests.azurite import running_azurite
 
 DISPATCHES = 10
-JOBS = int(os.environ.get('BENCH_JOBS', 12))
+JOBS = int(os.environ.get("BENCH_JOBS", 12))
 STEPS = 16
 
 
@@ -85,7 +85,10 @@ def spawn(args: list[str], environment: dict[str, str]) -> subprocess.Popen[byte
     data.mkdir(parents=True, exist_ok=True)
     with (data / "process.log").open("wb") as log:  # kept for a look when a run goes wrong
         return subprocess.Popen(
-            [sys.executable, "-m", "noisett_mcp", *args], env=environment, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "noisett_mcp", *args],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 

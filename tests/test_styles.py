@@ -212,6 +212,13 @@ async def test_template_negative_prompt_recommendations_and_preview_reach_the_as
     assert info["prompt"] == "a {curly} fox, brandy flat vector"
     assert info["negative_prompt"] == "text, blurry"
     assert (info["style_strength"], info["steps"], info["guidance"]) == (0.7, 2, 1.5)
+    # What was asked is kept too: passing it back with the same style reproduces the image.
+    assert (info["user_prompt"], info["user_negative_prompt"]) == ("a {curly} fox", "text")
+    again = await client.call_tool(
+        "generate_image",
+        {"prompt": info["user_prompt"], "negative_prompt": "text", "style": "brand", "seed": 1},
+    )
+    assert again.structured_content["images"][0]["prompt"] == info["prompt"]
 
 
 async def test_style_mistakes_get_errors_that_say_what_is_allowed(

@@ -62,6 +62,8 @@ class GenerationSpec(BaseModel):
 
     prompt: str
     negative_prompt: str = ""
+    user_prompt: str = ""  # as asked, before the style's template (what reproduces the image)
+    user_negative_prompt: str = ""
     style: str = "none"
     style_strength: float = 0.0
     style_sha256: str | None = None
@@ -84,6 +86,11 @@ class ImageInfo(BaseModel):
     width: int
     height: int
     prompt: str = Field(description="The prompt sent to the model, after the style's template.")
+    user_prompt: str = Field(
+        "",
+        description="The prompt as asked, before the style's template: pass it back to reproduce the image.",
+    )
+    user_negative_prompt: str = Field("", description="The negative prompt as asked.")
     negative_prompt: str
     style: str
     style_strength: float

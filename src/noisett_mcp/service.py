@@ -250,21 +250,24 @@ class Noisett:
             chosen = (await anyio.to_thread.run_sync(self.styles.refresh)).resolve(style)
         except LookupError as exc:
             raise RequestError(str(exc)) from exc
+        model_prompt, model_negative = prompt, negative_prompt
         if chosen is None:
             strength = 0.0
         else:
             strength = chosen.manifest.strength if style_strength is None else style_strength
             if not 0 <= strength <= MAX_STRENGTH:
                 raise RequestError(f"style_strength must be from 0 to {MAX_STRENGTH:g}, not {strength:g}")
-            prompt, negative_prompt = chosen.prompt(prompt), chosen.negative_prompt(negative_prompt)
+            model_prompt, model_negative = chosen.prompt(prompt), chosen.negative_prompt(negative_prompt)
             steps = steps or chosen.manifest.steps
             guidance = chosen.manifest.guidance if guidance is None else guidance
         default_steps, default_guidance = VARIANT_DEFAULTS[self.settings.resolved_variant]
         first_seed = random.randrange(MAX_SEED + 1) if seed is None else seed
         width, height = rendered_size(aspect_ratio, *self.render_geometry())
         spec = GenerationSpec(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
+            prompt=model_prompt,
+            negative_prompt=model_negative,
+            user_prompt=prompt,
+            user_negative_prompt=negative_prompt,
             style=style,
             style_strength=strength,
             style_sha256=chosen.sha256 if chosen else None,
