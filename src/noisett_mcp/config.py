@@ -200,23 +200,14 @@ class Settings(BaseSettings):
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
-    @field_validator("queue_name")
+    @field_validator("blob_images_container", "blob_styles_container", "queue_name")
     @classmethod
-    def _queue_name(cls, value: str) -> str:
+    def _storage_name(cls, value: str) -> str:
+        # Blob containers and Storage queues share one naming rule.
         if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", value):
             raise ValueError(
-                f"{value!r} is not an Azure Storage queue name: 3 to 63 lowercase letters, digits and single "
-                "hyphens, starting and ending with a letter or digit"
-            )
-        return value
-
-    @field_validator("blob_images_container", "blob_styles_container")
-    @classmethod
-    def _container_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", value):
-            raise ValueError(
-                f"{value!r} is not a Blob container name: 3 to 63 lowercase letters, digits and single "
-                "hyphens, starting and ending with a letter or digit"
+                f"{value!r} is not a Blob container or queue name: 3 to 63 lowercase letters, digits and "
+                "single hyphens, starting and ending with a letter or digit"
             )
         return value
 
