@@ -36,7 +36,10 @@ async def latency_while_busy() -> None:
 
         idle = [await timed("list_styles", {}) for _ in range(50)]
         for _ in range(4):
-            await client.call_tool("generate_image", {"prompt": "busy", "steps": 200, "wait": False})
+            made = await client.call_tool(
+                "generate_image", {"prompt": "busy", "steps": 100, "count": 4, "wait": False}
+            )
+            assert not made.is_error, made.content
         styles, images = [], []
         for _ in range(PROBES // 2):
             styles.append(await timed("list_styles", {}))

@@ -10,11 +10,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from noisett_mcp.config import Settings
+from noisett_mcp.telemetry import configure_logging
 from tests.support import free_port, serve_asgi
 
 __all__ = ["demo_settings", "free_port", "median", "p99", "report", "serve_asgi"]
 
 _CACHE = Path(tempfile.gettempdir()) / "noisett-bench-models"
+
+# Log as `noisett-mcp serve` does (our formatter, INFO), not with the SDK's console default.
+configure_logging("INFO")
 
 
 def demo_settings(**overrides: object) -> Settings:

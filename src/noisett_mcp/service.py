@@ -299,7 +299,8 @@ class Noisett:
             with anyio.move_on_after(timeout):
                 while not job.finished:
                     await progress.update()
-                    with anyio.move_on_after(0.05):
+                    # Steps come fast; a queue position changes only when a job starts.
+                    with anyio.move_on_after(0.05 if job.status == "running" else 0.25):
                         await job.done.wait()
             await progress.update()
         except anyio.get_cancelled_exc_class():
