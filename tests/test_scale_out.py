@@ -113,6 +113,10 @@ async def health(base: str, *, status: str | None = None, timeout: float = 120.0
                 await anyio.sleep(0.2)
 
 
+async def has_job(worker_health: str) -> bool:
+    return (await health(worker_health))["job"] is not None
+
+
 async def until(predicate, timeout: float = 120.0) -> None:
     with anyio.fail_after(timeout):
         while not await predicate():
@@ -170,10 +174,7 @@ async def test_a_killed_worker_s_job_is_finished_by_another(processes: Processes
         )
         image_ids = [image["id"] for image in made.structured_content["images"]]
 
-        async def first_has_it() -> bool:
-            return (await health(first_health))["job"] is not None
-
-        await until(first_has_it)
+        await until(lambda: has_job(first_health))
         first.send_signal(signal.SIGKILL)
         first.wait()
         _, second_health = processes.worker()
@@ -202,10 +203,7 @@ async def test_a_job_that_kills_its_workers_ends_failed_after_the_maximum_attemp
         )
         image_id = made.structured_content["images"][0]["id"]
 
-        async def first_has_it() -> bool:
-            return (await health(first_health))["job"] is not None
-
-        await until(first_has_it)
+        await until(lambda: has_job(first_health))
         first.send_signal(signal.SIGKILL)
         first.wait()
         processes.worker(NOISETT_MAX_ATTEMPTS="1")
@@ -234,10 +232,7 @@ async def test_cancel_reaches_the_worker_in_another_process(processes: Processes
             async with anyio.create_task_group() as tg:
                 tg.start_soon(long_call)
 
-                async def worker_started() -> bool:
-                    return (await health(worker))["job"] is not None
-
-                await until(worker_started)
+                await until(lambda: has_job(worker))
                 tg.cancel_scope.cancel()
 
         async def worker_idle() -> bool:

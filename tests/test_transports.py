@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-import anyio
 import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
@@ -15,7 +13,7 @@ from mcp import Client, StdioServerParameters
 from noisett_mcp.config import Settings
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
-from tests.support import free_port, serve_asgi
+from tests.support import cli_http_server, serve_asgi
 
 pytestmark = pytest.mark.anyio
 
@@ -108,27 +106,10 @@ async def test_http_rejects_a_foreign_host_header(settings: Settings) -> None:
         assert response.status_code in (403, 421)
 
 
-async def test_cli_serves_http_on_loopback(settings: Settings) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "noisett_mcp", "serve", "--transport", "http", "--port", str(port)],
-        env=_child_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        async with httpx2.AsyncClient() as http:
-            with anyio.fail_after(60):
-                while True:
-                    try:
-                        if (await http.get(f"{base}/healthz")).status_code == 200:
-                            break
-                    except httpx2.TransportError:
-                        await anyio.sleep(0.1)
-        async with Client(f"{base}/mcp") as client:
-            result = await client.call_tool("generate_image", {"prompt": "from the cli", "steps": 1})
-            assert not result.is_error
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+async def test_cli_serves_http_on_loopback(settings: Settings, tmp_path: Path) -> None:
+    async with (
+        cli_http_server(_child_env(settings), tmp_path / "server.log") as base,
+        Client(f"{base}/mcp") as client,
+    ):
+        result = await client.call_tool("generate_image", {"prompt": "from the cli", "steps": 1})
+        assert not result.is_error
