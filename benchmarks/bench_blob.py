@@ -12,16 +12,18 @@ import time
 from pathlib import Path
 
 import anyio
-from common import demo_settings, median, report
 from PIL import Image
 
+from benchmarks.common import demo_settings, median, report
 from noisett_mcp import images
+from noisett_mcp.config import demo_model_folder
 from noisett_mcp.engine.demo import write_demo_model
-from noisett_mcp.models import new_image_id
+from noisett_mcp.schemas import new_image_id
 from noisett_mcp.storage import LocalImageStore
 from noisett_mcp.storage.blob import BlobImageStore, open_blob_store
 from noisett_mcp.storage.sync import sync_prefix
 from tests.azurite import running_azurite
+from tests.support import sample_record
 
 RUNS = 15
 
@@ -35,7 +37,7 @@ def _image() -> bytes:
 async def _store_and_read(store: LocalImageStore | BlobImageStore, data: bytes) -> tuple[float, float]:
     image_id = new_image_id()
     started = time.perf_counter()
-    await store.save_image(image_id, data, "image/png", {"id": image_id, "seed": 1})
+    await store.save_image(data, "image/png", sample_record(image_id))
     saved = time.perf_counter() - started
     if isinstance(store, BlobImageStore):
         assert store.spool.pending_now() == []  # uploaded and verified, not left in the spool
@@ -62,7 +64,7 @@ async def main() -> None:
                 local_times.append(await _store_and_read(local, data))
                 blob_times.append(await _store_and_read(blob, data))
 
-            model = write_demo_model(Path(tempfile.gettempdir()) / "noisett-bench-models" / "noisett-demo-v2")
+            model = write_demo_model(demo_model_folder(Path(tempfile.gettempdir()) / "noisett-bench-models"))
             files = [p for p in model.rglob("*") if p.is_file()]
             container = blob.account.container("models")
             await container.create_container()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 
 import anyio
-from common import demo_settings, median, p99, report, serve_asgi
 from mcp import Client
 
+from benchmarks.common import demo_settings, median, p99, report, serve_asgi
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
 
@@ -24,7 +24,7 @@ PROBES = 200
 async def latency_while_busy() -> None:
     service = Noisett(demo_settings())
     async with serve_asgi(create_app(service)) as base, Client(f"{base}/mcp") as client:
-        await service.engine()
+        await service.runner.engine()
         done = await client.call_tool("generate_image", {"prompt": "reference", "steps": 2})
         image_id = done.structured_content["images"][0]["id"]
 
@@ -66,7 +66,7 @@ async def load() -> None:
     settings = demo_settings(max_queue=clients)
     service = Noisett(settings)
     async with serve_asgi(create_app(service)) as base:
-        await service.engine()
+        await service.runner.engine()
 
         async def one(client: Client, n: int) -> tuple[str, str | None]:
             result = await client.call_tool("generate_image", {"prompt": f"load {n}", "steps": STEPS})

@@ -6,9 +6,9 @@ from __future__ import annotations
 import resource
 
 import anyio
-from common import demo_settings, report
 from mcp import Client
 
+from benchmarks.common import demo_settings, report
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 

@@ -7,9 +7,9 @@ import time
 
 import anyio
 import torch
-from common import demo_settings, median, report, serve_asgi
 from mcp import Client
 
+from benchmarks.common import demo_settings, median, report, serve_asgi
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
 
@@ -20,7 +20,7 @@ ARGS = {"prompt": "a lighthouse at dusk, flat vector poster", "seed": 1}
 async def main() -> None:
     service = Noisett(demo_settings())
     async with serve_asgi(create_app(service)) as base, Client(f"{base}/mcp") as client:
-        engine = await service.engine()
+        engine = await service.runner.engine()
         steps, guidance = 16, 0.0  # the demo's (Fast) defaults
 
         def direct() -> float:

@@ -17,34 +17,30 @@ from pathlib import Path
 
 import anyio
 import httpx2
-from common import demo_settings, free_port, median, report
 from mcp import Client
 
+from benchmarks.common import demo_settings, free_port, median, report
+from noisett_mcp.jobs.worker import Worker
+from noisett_mcp.schemas import GenerationRequest
 from noisett_mcp.service import Noisett
-from noisett_mcp.worker import Worker
 from tests.azurite import running_azurite
+from tests.support import poll_until
 
 DISPATCHES = 10
 JOBS = int(os.environ.get("BENCH_JOBS", 12))
 STEPS = 16
 
 
-async def wait_until(predicate, timeout: float = 300.0, interval: float = 0.002) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(interval)
-
-
 async def dispatch_local() -> list[float]:
     times = []
     async with Noisett(demo_settings()) as service:
-        await service.engine()
+        await service.runner.engine()
         for _ in range(DISPATCHES):
             started = time.perf_counter()
-            job = await service.submit("dispatch", steps=1)
-            await wait_until(lambda job=job: job.started is not None)
+            job = await service.submit(GenerationRequest(prompt="dispatch", steps=1))
+            await poll_until(lambda job=job: job.started is not None, timeout=300, interval=0.002)
             times.append(time.perf_counter() - started)
-            await wait_until(lambda job=job: job.finished)
+            await poll_until(lambda job=job: job.finished, timeout=300, interval=0.002)
     return times
 
 
@@ -54,13 +50,17 @@ async def dispatch_azure(connection_string: str) -> list[float]:
     worker = Worker(demo_settings(**storage))
     async with Noisett(demo_settings(**storage, queue="azure")) as front, anyio.create_task_group() as tg:
         tg.start_soon(worker.run)
-        await wait_until(lambda: worker.service.engine_state == "ready")
+        await poll_until(lambda: worker.runner.engine_state == "ready", timeout=300, interval=0.002)
         for _ in range(DISPATCHES):
             started = time.perf_counter()
-            job = await front.submit("dispatch", steps=1)
-            await wait_until(lambda job=job: worker.current is not None and worker.current.id == job.id)
+            job = await front.submit(GenerationRequest(prompt="dispatch", steps=1))
+            await poll_until(
+                lambda job=job: worker.current is not None and worker.current.id == job.id,
+                timeout=300,
+                interval=0.002,
+            )
             times.append(time.perf_counter() - started)
-            await wait_until(lambda: worker.current is None)
+            await poll_until(lambda: worker.current is None, timeout=300, interval=0.002)
         tg.cancel_scope.cancel()
     return times
 

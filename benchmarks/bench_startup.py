@@ -9,8 +9,9 @@ import sys
 import time
 
 import anyio
-from common import demo_settings, median, report
 from mcp import Client, StdioServerParameters
+
+from benchmarks.common import demo_settings, median, report
 
 RUNS = 5
 

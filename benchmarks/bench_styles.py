@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import demo_settings, median, report
 
+from benchmarks.common import demo_settings, median, report
 from noisett_mcp.engine.pipeline import Engine
-from noisett_mcp.models import GenerationSpec
-from noisett_mcp.styles import Style, StyleCatalog
+from noisett_mcp.schemas import GenerationSpec
+from noisett_mcp.styles.catalog import StyleCatalog
+from noisett_mcp.styles.manifest import Style
 
 PAIRS = 40
 RELOADS = 6

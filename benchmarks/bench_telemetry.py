@@ -11,7 +11,6 @@ import tempfile
 import time
 
 import anyio
-from common import demo_settings, median, report, serve_asgi
 from mcp import Client, StdioServerParameters
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -19,8 +18,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from noisett_mcp.engine.jobs import Job
-from noisett_mcp.models import GenerationSpec
+from benchmarks.common import demo_settings, median, report, serve_asgi
+from noisett_mcp.jobs.base import Job
+from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.telemetry import Telemetry
 from tests.test_telemetry import _ingestion_app
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from noisett_mcp.config import Settings
 from noisett_mcp.telemetry import configure_logging

@@ -1,4 +1,4 @@
-"""Run every benchmark, one after another: `python benchmarks/run.py [name ...]`."""
+"""Run every benchmark, one after another, from the repository root: `python -m benchmarks.run [name ...]`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def main() -> int:
         if wanted and script.stem.removeprefix("bench_") not in wanted:
             continue
         print(f"\n### {script.name}", flush=True)
-        failed += subprocess.run([sys.executable, str(script)], cwd=HERE).returncode != 0
+        module = f"benchmarks.{script.stem}"
+        failed += subprocess.run([sys.executable, "-m", module], cwd=HERE.parent).returncode != 0
     return 1 if failed else 0
 
 

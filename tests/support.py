@@ -1,17 +1,91 @@
-"""Test helpers that start real servers on 127.0.0.1 and stop them."""
+"""Test helpers: real servers on 127.0.0.1 (started and stopped), bounded polling, child-process
+environments and sample records. The benchmarks use them too (`python -m benchmarks.run`)."""
 
 from __future__ import annotations
 
+import inspect
+import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
 import uvicorn
+
+from noisett_mcp.config import Settings
+from noisett_mcp.storage import ImageRecord
+
+
+async def poll_until(
+    predicate: Callable[[], object | Awaitable[object]], timeout: float = 60.0, interval: float = 0.05
+) -> None:
+    """Until `predicate()` (sync or async) is true; fail after `timeout` seconds."""
+    with anyio.fail_after(timeout):
+        while True:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return
+            await anyio.sleep(interval)
+
+
+def child_env(settings: Settings | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a `noisett-mcp` child process on the demo model: this process's environment
+    with NOISETT_MODEL=demo, the settings' data folder and model cache, and `extra`."""
+    env = {**os.environ, "NOISETT_MODEL": "demo"}
+    if settings is not None:
+        env["NOISETT_DATA_DIR"] = str(settings.data_dir)
+        if settings.model_cache_dir is not None:
+            env["MODEL_CACHE_DIR"] = str(settings.model_cache_dir)
+    return env | extra
+
+
+async def wait_healthy(base: str, *, status: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
+    """Poll `base`/healthz until it answers (with `status`, when given); return its body."""
+    async with httpx2.AsyncClient() as http:
+        with anyio.fail_after(timeout):
+            while True:
+                try:
+                    body = (await http.get(f"{base}/healthz")).json()
+                    if status is None or body.get("status") == status:
+                        return body
+                except (httpx2.TransportError, ValueError):
+                    pass
+                await anyio.sleep(0.1)
+
+
+def sample_record(image_id: str, **fields: Any) -> ImageRecord:
+    """A finished image's record, for storage tests that store bytes of their own."""
+    values: dict[str, Any] = {
+        "id": image_id,
+        "uri": f"image://{image_id}",
+        "job_id": image_id,
+        "index": 0,
+        "owner": "local",
+        "status": "done",
+        "progress": 1.0,
+        "seed": 1,
+        "prompt": "a sample",
+        "negative_prompt": "",
+        "style": "none",
+        "style_strength": 0.0,
+        "aspect_ratio": "1:1",
+        "format": "png",
+        "width": 64,
+        "height": 64,
+        "steps": 2,
+        "guidance": 0.0,
+        "model": "demo",
+        "variant": "fast",
+        "created_at": "2026-01-01T00:00:00+00:00",
+    }
+    return ImageRecord(**(values | fields))
 
 
 def free_port() -> int:
@@ -52,15 +126,15 @@ async def cli_http_server(env: dict[str, str], log_path: Path, timeout: float = 
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx2.AsyncClient() as http:
-            with anyio.fail_after(timeout):
-                while True:
-                    assert process.poll() is None, log_path.read_text()
-                    try:
-                        if (await http.get(f"{base}/healthz")).status_code == 200:
-                            break
-                    except httpx2.TransportError:
-                        pass
-                    await anyio.sleep(0.1)
+
+            async def answers() -> bool:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    return (await http.get(f"{base}/healthz")).status_code == 200
+                except httpx2.TransportError:
+                    return False
+
+            await poll_until(answers, timeout, interval=0.1)
         yield base
     finally:
         process.terminate()

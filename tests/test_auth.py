@@ -399,10 +399,12 @@ async def test_images_made_without_auth_belong_to_local(
     async with serve_asgi(create_app(service)) as base, session(base, token) as user:
         async with Client(build_server(service)) as local:  # stdio's view: no token
             image_id = await _generate(local)
-        assert (await service.store.load_record(image_id) or {})["owner"] == "local"
+        assert (record := await service.store.load_record(image_id)) and record.owner == "local"
         assert (await user.call_tool("get_image", {"image_id": image_id})).is_error
         mine = await _generate(user)
-        assert (await service.store.load_record(mine) or {})["owner"] == f"{TENANT.tenant_id}/{user_oid}"
+        assert (
+            record := await service.store.load_record(mine)
+        ) and record.owner == f"{TENANT.tenant_id}/{user_oid}"
 
 
 # --- audit ---

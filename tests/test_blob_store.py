@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from noisett_mcp import images
 from noisett_mcp.config import Settings
-from noisett_mcp.models import new_image_id
+from noisett_mcp.schemas import new_image_id
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from noisett_mcp.storage import LocalImageStore, open_store
@@ -44,7 +44,7 @@ from noisett_mcp.storage.blob import (
 )
 from noisett_mcp.storage.spool import Spool
 from tests.azurite import ACCOUNT_KEY, Azurite, blob_settings, running_azurite, skip_without_azurite
-from tests.support import cli_http_server
+from tests.support import cli_http_server, sample_record
 
 pytestmark = pytest.mark.anyio
 
@@ -202,8 +202,9 @@ async def test_a_large_image_comes_with_a_read_only_sas_link_that_expires(
         data = _noise_png(info["seed"])  # over the inline budget: get_image must link to it
         record = await service.store.load_record(info["id"])
         assert record is not None
+        assert record is not None
         await service.store.save_image(
-            info["id"], data, "image/png", record | {"width": 1024, "height": 1024}
+            data, "image/png", record.model_copy(update={"width": 1024, "height": 1024})
         )
 
         got = await client.call_tool("get_image", {"image_id": info["id"]})
@@ -232,7 +233,7 @@ async def test_retention_sweeps_old_images_from_the_local_store(make_settings: M
     png = images.encode(Image.new("RGB", (8, 8)), "png", {})
     old, recent = new_image_id(), new_image_id()
     for image_id in (old, recent):
-        await store.save_image(image_id, png, "image/png", {"id": image_id})
+        await store.save_image(png, "image/png", sample_record(image_id))
     month_ago = time.time() - 31 * 86400
     for path in settings.images_dir.glob(f"{old}.*"):
         os.utime(path, (month_ago, month_ago))
@@ -252,7 +253,7 @@ async def test_blob_sweep_deletes_images_older_than_the_cutoff(blob: Settings) -
     try:
         image_id = new_image_id()
         png = images.encode(Image.new("RGB", (8, 8)), "png", {})
-        await store.save_image(image_id, png, "image/png", {"id": image_id})  # makes the container too
+        await store.save_image(png, "image/png", sample_record(image_id))  # makes the container too
         assert await store.spool.pending() == []
         assert await store.sweep(30) == 0
         await anyio.sleep(2.1)  # Blob times have 1 s resolution
@@ -322,7 +323,7 @@ async def test_a_managed_identity_gets_user_delegation_sas_links_with_a_cached_k
             await account.container("images").create_container()
             image_id = new_image_id()
             png = images.encode(Image.new("RGB", (16, 16), "teal"), "png", {"seed": 3})
-            await store.save_image(image_id, png, "image/png", {"id": image_id, "seed": 3})
+            await store.save_image(png, "image/png", sample_record(image_id, seed=3))
             assert await store.spool.pending() == []
 
             first = await store.image_url(image_id)
@@ -349,20 +350,19 @@ async def test_a_managed_identity_gets_user_delegation_sas_links_with_a_cached_k
 
 
 def test_metadata_is_ascii_round_trips_and_long_values_are_cut() -> None:
-    record = {
-        "id": "0" * 32,
-        "prompt": "Crème brûlée, 100% “fancy”\nwith a newline",
-        "negative_prompt": "é" * 2000,  # 18 000 characters once percent-encoded
-        "seed": 7,
-        "versions": {"torch": "2.13.0"},
-        "status": "done",  # job state stays in the record, not in metadata
-        "error": None,
-    }
-    metadata = encode_metadata(record)
+    record = sample_record(
+        "0" * 32,
+        prompt="Crème brûlée, 100% “fancy”\nwith a newline",
+        negative_prompt="é" * 2000,  # 18 000 characters once percent-encoded
+        seed=7,
+        versions={"torch": "2.13.0"},
+        status="done",  # job state stays in the record, not in metadata
+    )
+    metadata = encode_metadata(record.parameters())
     assert all(value.isascii() and value.isprintable() for value in metadata.values())
     assert sum(len(k) + len(v) for k, v in metadata.items()) < 8 * 1024, "Azure's metadata limit"
     decoded = decode_metadata(metadata)
-    assert decoded["prompt"] == record["prompt"] and decoded["seed"] == "7"
+    assert decoded["prompt"] == record.prompt and decoded["seed"] == "7"
     assert json.loads(decoded["versions"]) == {"torch": "2.13.0"}
     assert "status" not in decoded and "error" not in decoded
     assert decoded["truncated"] == "negative_prompt" and decoded["negative_prompt"] == "é" * len(

@@ -10,19 +10,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import anyio
 import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from mcp import Client
 
-from noisett_mcp.config import Settings
-from noisett_mcp.engine.demo import DEMO_VERSION, write_demo_model
+from noisett_mcp.config import Settings, demo_model_folder
+from noisett_mcp.engine.demo import write_demo_model
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from noisett_mcp.storage.sync import _safe_relative, parse_blob_model, sync_model, sync_prefix
-from noisett_mcp.styles import DEMO_STYLES_DIR, matches_model
+from noisett_mcp.styles.manifest import DEMO_STYLES_DIR, matches_model
 from tests.azurite import Azurite, blob_settings
+from tests.support import poll_until
 
 pytestmark = pytest.mark.anyio
 
@@ -42,12 +42,6 @@ async def container(azurite: Azurite, name: str) -> AsyncIterator[ContainerClien
 async def style_names(client: Client) -> dict[str, str]:
     result = await client.call_tool("list_styles", {})
     return {style["name"]: style["title"] for style in result.structured_content["styles"]}
-
-
-async def wait_for(check: Callable[[], object], timeout: float = 30) -> None:
-    with anyio.fail_after(timeout):
-        while not await check():  # type: ignore[misc]
-            await anyio.sleep(0.1)
 
 
 MANIFEST = """\
@@ -77,7 +71,7 @@ async def test_a_style_uploaded_to_blob_appears_in_list_styles_without_a_restart
         async def listed() -> bool:
             return (await style_names(client)).get("brand-sea") == "Sea v1"
 
-        await wait_for(listed)
+        await poll_until(listed)
         local = settings.resolved_styles_dir
         assert (local / "brand-sea.safetensors").read_bytes() == weights
 
@@ -93,7 +87,7 @@ async def test_a_style_uploaded_to_blob_appears_in_list_styles_without_a_restart
         async def updated() -> bool:
             return (await style_names(client)).get("brand-sea") == "Sea v2"
 
-        await wait_for(updated)
+        await poll_until(updated)
         # ... and a style deleted from Blob leaves the catalog; a hand-placed local file stays.
         (local / "notes.txt").write_text("mine")
         await styles.delete_blob("brand-sea.toml")
@@ -101,7 +95,7 @@ async def test_a_style_uploaded_to_blob_appears_in_list_styles_without_a_restart
         async def gone() -> bool:
             return "brand-sea" not in await style_names(client)
 
-        await wait_for(gone)
+        await poll_until(gone)
         assert not (local / "brand-sea.toml").exists() and (local / "notes.txt").read_text() == "mine"
 
 
@@ -154,7 +148,7 @@ def test_blob_model_urls_name_a_container_and_a_prefix() -> None:
 async def test_a_blob_model_is_synced_to_the_cache_then_loaded(
     make_settings: MakeSettings, azurite: Azurite, model_cache: Path, tmp_path: Path
 ) -> None:
-    source = write_demo_model(model_cache / f"noisett-demo-v{DEMO_VERSION}")
+    source = write_demo_model(demo_model_folder(model_cache))
     models = f"models-{secrets.token_hex(4)}"
     files = sorted(path for path in source.rglob("*") if path.is_file())
     async with container(azurite, models) as blobs:
@@ -166,7 +160,7 @@ async def test_a_blob_model_is_synced_to_the_cache_then_loaded(
         **blob_settings(azurite), model=f"blob://{models}/demo-pipeline", model_cache_dir=cache
     )
     async with Noisett(settings) as service, Client(build_server(service)) as client:
-        await service.engine()
+        await service.runner.engine()
         synced = cache / "blob" / models / "demo-pipeline"
         for path in files:
             assert (synced / path.relative_to(source)).read_bytes() == path.read_bytes()

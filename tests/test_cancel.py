@@ -8,21 +8,17 @@ import anyio
 import pytest
 from mcp import Client
 
+from noisett_mcp.schemas import GenerationRequest
 from noisett_mcp.service import Noisett
+from tests.support import poll_until
 
 pytestmark = pytest.mark.anyio
-
-
-async def _wait_for(predicate, timeout: float = 30.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.02)
 
 
 async def test_cancelled_running_job_stops_and_the_next_job_starts_promptly(
     client: Client, service: Noisett
 ) -> None:
-    await service.engine()  # loaded, so the job below is running rather than loading
+    await service.runner.engine()  # loaded, so the job below is running rather than loading
     with anyio.move_on_after(60):
         async with anyio.create_task_group() as tg:
 
@@ -30,13 +26,13 @@ async def test_cancelled_running_job_stops_and_the_next_job_starts_promptly(
                 await client.call_tool("generate_image", {"prompt": "a long job", "steps": 100, "count": 4})
 
             tg.start_soon(long_call)
-            await _wait_for(
+            await poll_until(
                 lambda: service.queue.running is not None and service.queue.running.steps_done >= 2
             )
             job = service.queue.running
             tg.cancel_scope.cancel()
 
-    await _wait_for(lambda: job.finished)
+    await poll_until(lambda: job.finished)
     assert job.status == "cancelled"
     assert job.steps_done < job.total_steps
     started = time.monotonic()
@@ -48,9 +44,9 @@ async def test_cancelled_running_job_stops_and_the_next_job_starts_promptly(
 
 
 async def test_cancelled_queued_job_is_dropped(client: Client, service: Noisett) -> None:
-    await service.engine()
-    blocker = await service.submit("occupies the worker", steps=100, count=4)
-    await _wait_for(lambda: service.queue.running is blocker)
+    await service.runner.engine()
+    blocker = await service.submit(GenerationRequest(prompt="occupies the worker", steps=100, count=4))
+    await poll_until(lambda: service.queue.running is blocker)
     with anyio.move_on_after(60):
         async with anyio.create_task_group() as tg:
 
@@ -58,10 +54,10 @@ async def test_cancelled_queued_job_is_dropped(client: Client, service: Noisett)
                 await client.call_tool("generate_image", {"prompt": "waits in line", "steps": 2})
 
             tg.start_soon(queued_call)
-            await _wait_for(lambda: service.queue.depth == 1)
+            await poll_until(lambda: service.queue.depth == 1)
             (queued,) = service.queue.waiting
             tg.cancel_scope.cancel()
     assert queued.status == "cancelled" and service.queue.depth == 0
     await service.queue.cancel(blocker)
-    await _wait_for(lambda: blocker.finished)
+    await poll_until(lambda: blocker.finished)
     assert blocker.status == "cancelled"

@@ -12,15 +12,9 @@ from noisett_mcp.config import Settings
 from noisett_mcp.http import create_app
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
-from tests.support import serve_asgi
+from tests.support import poll_until, serve_asgi
 
 pytestmark = pytest.mark.anyio
-
-
-async def _wait_for(predicate, timeout: float = 180.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.02)
 
 
 async def test_wait_false_returns_a_handle_that_get_image_collects(client: Client) -> None:
@@ -53,12 +47,12 @@ async def test_a_wait_shorter_than_the_job_returns_running_and_the_job_goes_on(
     make_settings, model_cache
 ) -> None:
     async with Noisett(make_settings(wait_seconds=0.5)) as service:
-        await service.engine()
+        await service.runner.engine()
         async with Client(build_server(service)) as client:
             result = await client.call_tool("generate_image", {"prompt": "slow", "steps": 40})
             (image,) = result.structured_content["images"]
             assert image["status"] == "running" and not result.is_error
-            await _wait_for(lambda: service.queue.running is None)
+            await poll_until(lambda: service.queue.running is None, timeout=180)
             got = await client.call_tool("get_image", {"image_id": image["id"]})
             assert got.structured_content["image"]["status"] == "done"
 
@@ -66,7 +60,7 @@ async def test_a_wait_shorter_than_the_job_returns_running_and_the_job_goes_on(
 async def test_a_full_queue_gets_a_busy_error_and_the_server_goes_on(make_settings) -> None:
 
     async with Noisett(make_settings(max_queue=2)) as service:
-        await service.engine()
+        await service.runner.engine()
         async with Client(build_server(service)) as client:
             for n in range(3):  # one runs, two wait
                 result = await client.call_tool(
@@ -74,7 +68,7 @@ async def test_a_full_queue_gets_a_busy_error_and_the_server_goes_on(make_settin
                 )
                 assert not result.is_error
                 if n == 0:
-                    await _wait_for(lambda: service.queue.running is not None)
+                    await poll_until(lambda: service.queue.running is not None, timeout=180)
             busy = await client.call_tool(
                 "generate_image", {"prompt": "one too many", "steps": 1, "wait": False}
             )
@@ -86,7 +80,7 @@ async def test_a_full_queue_gets_a_busy_error_and_the_server_goes_on(make_settin
             assert not (await client.call_tool("list_styles", {})).is_error
             for job in (service.queue.running, *service.queue.waiting):
                 await service.queue.cancel(job)
-            await _wait_for(lambda: service.queue.running is None and service.queue.depth == 0)
+            await poll_until(lambda: service.queue.running is None and service.queue.depth == 0, timeout=180)
             result = await client.call_tool("generate_image", {"prompt": "room again", "steps": 1})
             assert result.structured_content["images"][0]["status"] == "done"
 
@@ -94,7 +88,7 @@ async def test_a_full_queue_gets_a_busy_error_and_the_server_goes_on(make_settin
 async def test_a_failing_generation_is_reported_and_the_next_one_succeeds(
     client: Client, service: Noisett
 ) -> None:
-    engine = await service.engine()
+    engine = await service.runner.engine()
     engine.inject_failure = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
     failed = await client.call_tool("generate_image", {"prompt": "fails", "steps": 3})
     assert failed.is_error
@@ -102,7 +96,7 @@ async def test_a_failing_generation_is_reported_and_the_next_one_succeeds(
     engine.inject_failure = ValueError("something broke inside the pipeline")
     handle = await client.call_tool("generate_image", {"prompt": "fails later", "steps": 3, "wait": False})
     image_id = handle.structured_content["images"][0]["id"]
-    await _wait_for(lambda: service.queue.running is None and service.queue.depth == 0)
+    await poll_until(lambda: service.queue.running is None and service.queue.depth == 0, timeout=180)
     got = await client.call_tool("get_image", {"image_id": image_id})
     assert got.is_error and "something broke inside the pipeline" in got.content[0].text
 

@@ -26,10 +26,10 @@ from PIL import Image
 from noisett_mcp import images
 from noisett_mcp.cli import main as cli_main
 from noisett_mcp.config import Settings
+from noisett_mcp.engine.adapters import adapter_name
 from noisett_mcp.engine.demo_loras import demo_transformer, write_random_lora
-from noisett_mcp.engine.styles import adapter_name
 from noisett_mcp.service import Noisett
-from noisett_mcp.styles import DEMO_STYLES_DIR, sha256_file
+from noisett_mcp.styles.manifest import DEMO_STYLES_DIR, sha256_file
 
 pytestmark = pytest.mark.anyio
 
@@ -285,7 +285,7 @@ async def test_each_bad_style_is_refused_with_its_file_named_and_good_styles_sti
     text = await error_text(client, style="misshapen", seed=3)
     assert "misshapen.toml" in text and "diffusers could not load the adapter" in text
     assert not {"alien", "misshapen"} & set(await style_names(client)), "a refused adapter is still offered"
-    engine = await service.engine()
+    engine = await service.runner.engine()
     assert not {"alien", "misshapen"} & set(engine.styles.loaded)
     leftovers = [
         n for n in engine.pipe.get_list_adapters().get("transformer", []) if "alien" in n or "mis" in n
@@ -313,7 +313,7 @@ async def test_styles_are_added_changed_and_removed_without_reloading_the_pipeli
     client: Client, service: Noisett, settings: Settings, adapters: dict[str, Path]
 ) -> None:
     folder = settings.resolved_styles_dir
-    engine = await service.engine()
+    engine = await service.runner.engine()
     pipe = engine.pipe
     assert "a" not in await style_names(client)
 
@@ -345,7 +345,7 @@ async def test_styles_are_added_changed_and_removed_without_reloading_the_pipeli
     b_style = service.styles.refresh().styles["b"]
     assert pipe.get_list_adapters()["transformer"] == [adapter_name(b_style)]
 
-    assert await service.engine() is engine and engine.pipe is pipe, "the base pipeline was reloaded"
+    assert await service.runner.engine() is engine and engine.pipe is pipe, "the base pipeline was reloaded"
 
 
 async def test_least_recently_used_adapter_is_unloaded_past_the_cap(
@@ -357,7 +357,7 @@ async def test_least_recently_used_adapter_is_unloaded_past_the_cap(
     async with Noisett(settings) as service, Client(_server(service)) as client:
         _, a = await generate(client, style="a")
         _, b = await generate(client, style="b")
-        engine = await service.engine()
+        engine = await service.runner.engine()
         assert set(engine.styles.loaded) == {"b"}
         _, a_again = await generate(client, style="a")
         assert set(engine.styles.loaded) == {"a"}
@@ -467,7 +467,8 @@ def test_quickstart_generates_with_a_built_in_demo_style(
 
 def test_listing_styles_never_imports_torch(tmp_path: Path) -> None:
     code = (
-        "import sys; from noisett_mcp.config import Settings; from noisett_mcp.styles import StyleCatalog; "
+        "import sys; from noisett_mcp.config import Settings; "
+        "from noisett_mcp.styles.catalog import StyleCatalog; "
         f"view = StyleCatalog(Settings(model='demo', data_dir={str(tmp_path)!r})).refresh(); "
         "assert set(view.styles) == {'demo-flat', 'demo-grain'}, view; "
         "assert all(s.sha256 for s in view.styles.values()); "

@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from noisett_mcp import telemetry
 from noisett_mcp.config import Settings
+from noisett_mcp.schemas import GenerationRequest
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from noisett_mcp.telemetry import Telemetry, configure_logging
@@ -129,8 +130,8 @@ async def test_a_failed_model_load_counts_errors_by_kind(
     async with make_service(model=str(empty), llama_model=str(empty)) as service:
         async with Client(build_server(service)) as client:
             await client.call_tool("generate_image", {"prompt": "anything", "steps": 2})
-        kind = service.engine_error.split(":")[0]
-    assert service.engine_state == "error"
+        kind = service.runner.engine_error.split(":")[0]
+    assert service.runner.engine_state == "error"
 
     errors = {point.attributes["noisett.operation"]: point for point in _points(reader)["noisett.errors"]}
     assert set(errors) == {"load", "generate"}
@@ -144,7 +145,7 @@ async def test_queue_depth_counts_the_jobs_waiting_for_the_gpu(
 ) -> None:
     service = make_service()  # not started: no worker takes the jobs off the queue
     for _ in range(3):
-        await service.submit("waiting", steps=1)
+        await service.submit(GenerationRequest(prompt="waiting", steps=1))
     try:
         [depth] = _points(reader)["noisett.queue.depth"]
         assert depth.value == 3 == service.queue.depth

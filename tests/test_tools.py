@@ -102,7 +102,10 @@ async def test_get_image_sends_a_reduced_copy_of_a_full_size_image_under_the_cap
     data = images.encode(noise, "png", {"seed": info["seed"]})
     assert len(data) > 1_048_576
     record = await service.store.load_record(info["id"])
-    await service.store.save_image(info["id"], data, "image/png", record | {"width": 1024, "height": 1024})
+    assert record is not None
+    await service.store.save_image(
+        data, "image/png", record.model_copy(update={"width": 1024, "height": 1024})
+    )
 
     got = await client.call_tool("get_image", {"image_id": info["id"]})
     assert not got.is_error

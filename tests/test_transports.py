@@ -13,19 +13,9 @@ from mcp import Client, StdioServerParameters
 from noisett_mcp.config import Settings
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
-from tests.support import cli_http_server, serve_asgi
+from tests.support import child_env, cli_http_server, serve_asgi
 
 pytestmark = pytest.mark.anyio
-
-
-def _child_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "NOISETT_MODEL": "demo",
-        "NOISETT_DATA_DIR": str(settings.data_dir),
-        "MODEL_CACHE_DIR": str(settings.model_cache_dir),
-        **extra,
-    }
 
 
 def _children_with_torch() -> dict[int, bool]:
@@ -47,7 +37,7 @@ async def test_stdio_answers_tools_list_without_importing_torch_then_generates(s
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "noisett_mcp", "serve"],
-        env=_child_env(settings, NOISETT_PRELOAD="true"),
+        env=child_env(settings, NOISETT_PRELOAD="true"),
     )
     async with Client(params) as client:
         tools = await client.list_tools()
@@ -108,7 +98,7 @@ async def test_http_rejects_a_foreign_host_header(settings: Settings) -> None:
 
 async def test_cli_serves_http_on_loopback(settings: Settings, tmp_path: Path) -> None:
     async with (
-        cli_http_server(_child_env(settings), tmp_path / "server.log") as base,
+        cli_http_server(child_env(settings), tmp_path / "server.log") as base,
         Client(f"{base}/mcp") as client,
     ):
         result = await client.call_tool("generate_image", {"prompt": "from the cli", "steps": 1})

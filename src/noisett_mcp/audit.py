@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 from pydantic import BaseModel
 
-from noisett_mcp.auth import current_caller
-from noisett_mcp.models import is_image_id
+from noisett_mcp.auth.caller import LOCAL_OWNER, current_caller
+from noisett_mcp.schemas import is_image_id
 
 log = logging.getLogger("noisett_mcp.audit")
 
@@ -28,7 +28,8 @@ async def audit_requests(ctx: Any, call_next: Any) -> Any:
     if ctx.method not in AUDITED_METHODS:
         return await call_next(ctx)
     params: dict[str, Any] = ctx.params if isinstance(ctx.params, dict) else {}
-    arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
+    given = params.get("arguments")
+    arguments: dict[str, Any] = given if isinstance(given, dict) else {}
     tool = uri = None
     if ctx.method == "tools/call":
         tool = _printable(params.get("name"))
@@ -52,7 +53,7 @@ async def audit_requests(ctx: Any, call_next: Any) -> Any:
     finally:
         ids += [i for i in _result_ids(result) if i not in ids]
         duration_ms = round((time.perf_counter() - started) * 1000)
-        user = caller.user or "local"
+        user = caller.user or LOCAL_OWNER
         log.info(
             "%s user=%s tenant=%s client=%s images=%s outcome=%s duration_ms=%d",
             action,

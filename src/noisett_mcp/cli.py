@@ -14,7 +14,8 @@ import anyio
 
 from noisett_mcp import __version__, telemetry
 from noisett_mcp.config import Settings
-from noisett_mcp.models import ASPECT_RATIOS, MAX_PROMPT_CHARS
+from noisett_mcp.errors import needs_azure_storage
+from noisett_mcp.schemas import ASPECT_RATIOS, MAX_PROMPT_CHARS
 from noisett_mcp.telemetry import configure_logging
 
 log = logging.getLogger("noisett_mcp")
@@ -122,9 +123,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if settings.queue == "azure" and not settings.blob_enabled:
         print(
-            "error: NOISETT_QUEUE=azure needs Azure storage for the queue and the images: set "
-            "AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL",
-            file=sys.stderr,
+            f"error: {needs_azure_storage('NOISETT_QUEUE=azure (the queue and the images)')}", file=sys.stderr
         )
         return 2
     telemetry.setup(settings)  # Azure Monitor when its connection string is set; otherwise nothing
@@ -157,12 +156,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.blob_enabled:
         print(
-            "error: noisett-mcp worker needs Azure storage for the queue and the images: set "
-            "AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL",
-            file=sys.stderr,
+            f"error: {needs_azure_storage('noisett-mcp worker (the queue and the images)')}", file=sys.stderr
         )
         return 2
-    from noisett_mcp.worker import serve_worker
+    from noisett_mcp.jobs.worker import serve_worker
 
     telemetry.setup(settings)
     port = args.health_port if args.health_port is not None else settings.worker_health_port
@@ -172,7 +169,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _http_auth_problem(settings: Settings, insecure: bool) -> str | None:
     """Why HTTP must not start with these settings: an open endpoint is for this machine only."""
-    from noisett_mcp.auth import EntraConfig
+    from noisett_mcp.auth.config import EntraConfig
     from noisett_mcp.http import is_loopback
 
     try:
@@ -198,26 +195,28 @@ def _http_auth_problem(settings: Settings, insecure: bool) -> str | None:
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    from pydantic import ValidationError
     from tqdm import tqdm
 
-    from noisett_mcp.service import Noisett, QueueFull, RequestError
+    from noisett_mcp.errors import NoisettError
+    from noisett_mcp.schemas import GenerationRequest
+    from noisett_mcp.service import Noisett
+
+    try:
+        request = GenerationRequest(**{name: getattr(args, name) for name in GenerationRequest.model_fields})
+    except ValidationError as exc:
+        for problem in exc.errors(include_url=False):
+            print(
+                f"error: --{'-'.join(str(p) for p in problem['loc']).replace('_', '-')}: {problem['msg']}",
+                file=sys.stderr,
+            )
+        return 2
 
     async def run() -> int:
         async with Noisett(settings) as service:
             try:
-                job = await service.submit(
-                    args.prompt,
-                    negative_prompt=args.negative_prompt,
-                    style=args.style,
-                    style_strength=args.style_strength,
-                    aspect_ratio=args.aspect_ratio,
-                    seed=args.seed,
-                    steps=args.steps,
-                    guidance=args.guidance,
-                    count=args.count,
-                    format=args.format,
-                )
-            except (RequestError, QueueFull) as exc:
+                job = await service.submit(request)
+            except NoisettError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             with tqdm(total=job.total_steps, unit="step", file=sys.stderr) as bar:
@@ -249,7 +248,7 @@ def _file_path(url: str | None) -> Path | None:
 
 
 def _styles_check(args: argparse.Namespace, settings: Settings) -> int:
-    from noisett_mcp.styles import check_folder
+    from noisett_mcp.styles.check import check_folder
 
     logging.getLogger("noisett_mcp.styles").setLevel(logging.ERROR)  # the report below says it all
     folder = args.dir or settings.resolved_styles_dir
@@ -257,7 +256,12 @@ def _styles_check(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {folder} is not a folder", file=sys.stderr)
         return 2
     try:
-        results = check_folder(settings, folder, keys=not args.no_keys)
+        model_folder = None
+        if settings.is_demo and not args.no_keys:
+            from noisett_mcp.engine.demo import write_demo_model  # builds it once (torch)
+
+            model_folder = write_demo_model(settings.demo_model_dir)
+        results = check_folder(settings, folder, keys=not args.no_keys, model_folder=model_folder)
     except Exception as exc:  # the model's weight names could not be read
         print(f"error: cannot read the model's transformer ({exc}); try --no-keys", file=sys.stderr)
         return 2

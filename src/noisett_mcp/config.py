@@ -22,7 +22,13 @@ ImageSharing = Literal["owner", "tenant"]
 CommaList = Annotated[list[str], NoDecode]
 
 DEMO_MODEL = "demo"
+DEMO_VERSION = 2  # bump when the demo pipeline's recipe changes: the cache then builds it anew
 BLOB_MODEL_SCHEME = "blob://"
+
+
+def demo_model_folder(cache_dir: Path) -> Path:
+    """Where the tiny demo pipeline is written once (in a model cache) and loaded from."""
+    return cache_dir / f"noisett-demo-v{DEMO_VERSION}"
 
 
 def _env(name: str) -> AliasChoices:
@@ -259,6 +265,10 @@ class Settings(BaseSettings):
     @property
     def resolved_model_cache_dir(self) -> Path:
         return self.model_cache_dir or self.data_dir / "models"
+
+    @property
+    def demo_model_dir(self) -> Path:
+        return demo_model_folder(self.resolved_model_cache_dir)
 
     @property
     def spool_dir(self) -> Path:

@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from noisett_mcp import auth
+from noisett_mcp.health import health_response
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 
 MCP_PATH = "/mcp"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def is_loopback(host: str) -> bool:
@@ -52,8 +52,7 @@ def create_app(service: Noisett) -> Starlette:
     mcp = build_server(service)
 
     async def health(request: Request) -> JSONResponse:
-        body = service.health()
-        return JSONResponse(body, status_code=503 if body["status"] == "error" else 200)
+        return health_response(service.health())
 
     mcp.custom_route("/healthz", methods=["GET"])(health)
     mcp.custom_route("/health", methods=["GET"])(health)

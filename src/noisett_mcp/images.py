@@ -9,7 +9,37 @@ from dataclasses import dataclass
 
 from PIL import Image, PngImagePlugin
 
-MIME_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+
+@dataclass(frozen=True)
+class ImageFormatInfo:
+    name: str  # as in ImageFormat: png, webp, jpeg
+    mime_type: str
+    extension: str  # with its dot
+    magic: bytes  # the file's first bytes (WebP: at offset 8, after the RIFF size)
+    magic_offset: int = 0
+
+    def matches(self, data: bytes) -> bool:
+        return data[self.magic_offset : self.magic_offset + len(self.magic)] == self.magic
+
+
+# The one table of the image formats we write: every MIME type, extension and sniff comes from here.
+FORMATS: dict[str, ImageFormatInfo] = {
+    "png": ImageFormatInfo("png", "image/png", ".png", b"\x89PNG"),
+    "webp": ImageFormatInfo("webp", "image/webp", ".webp", b"WEBP", 8),
+    "jpeg": ImageFormatInfo("jpeg", "image/jpeg", ".jpeg", b"\xff\xd8"),
+}
+BY_MIME_TYPE = {f.mime_type: f for f in FORMATS.values()}
+BY_EXTENSION = {f.extension: f for f in FORMATS.values()}
+
+
+def sniff_mime_type(data: bytes) -> str:
+    """The MIME type of image bytes by their magic, or application/octet-stream."""
+    for fmt in FORMATS.values():
+        if fmt.matches(data):
+            return fmt.mime_type
+    return "application/octet-stream"
+
+
 METADATA_KEY = "noisett"  # PNG tEXt key holding the JSON of every generation parameter
 _EXIF_IMAGE_DESCRIPTION = 0x010E
 

@@ -39,7 +39,7 @@ from noisett_mcp import __version__
 
 if TYPE_CHECKING:
     from noisett_mcp.config import Settings
-    from noisett_mcp.engine.jobs import Job, LocalJobQueue
+    from noisett_mcp.jobs.base import Job, JobQueue
 
 SCOPE = "noisett_mcp"
 SERVICE_NAME = "noisett-mcp"
@@ -87,7 +87,7 @@ class Telemetry:
             "noisett.errors", unit="{error}", description="Failed model loads and generations, by error.type."
         )
         # Observable instruments are registered once per meter: the gauge sums every queue it watches.
-        self._queues: weakref.WeakSet[LocalJobQueue] = weakref.WeakSet()
+        self._queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
         meter.create_observable_gauge(
             "noisett.queue.depth",
             callbacks=[self._observe_depth],
@@ -108,7 +108,7 @@ class Telemetry:
         return cls._default
 
     # --- hooks called by the service, one line each ---
-    def observe_queue(self, queue: LocalJobQueue) -> None:
+    def observe_queue(self, queue: JobQueue) -> None:
         self._queues.add(queue)
 
     def job_queued(self, job: Job) -> None:

@@ -33,10 +33,10 @@ from transformers import (
     T5Tokenizer,
 )
 
-from noisett_mcp.models import DEMO_RENDER_SIDE
+from noisett_mcp.config import DEMO_VERSION
+from noisett_mcp.schemas import DEMO_RENDER_SIDE
 
 # Bump when the components change, so cached folders are rebuilt.
-DEMO_VERSION = 2
 # The 1-block VAE has a scale factor of 1: 64 latent px render 64×64 images in well under a second.
 DEMO_SAMPLE_SIZE = DEMO_RENDER_SIDE
 MARKER = "noisett.json"

@@ -11,14 +11,15 @@ from diffusers import HiDreamImagePipeline, HiDreamImageTransformer2DModel
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from noisett_mcp.engine.demo import DEMO_VERSION, LORA_TARGETS, write_demo_model
+from noisett_mcp.config import demo_model_folder
+from noisett_mcp.engine.demo import LORA_TARGETS, write_demo_model
 
 _SCRATCH = "noisett_scratch"
 
 
 def demo_transformer(model_cache: Path) -> HiDreamImageTransformer2DModel:
     """A fresh copy of the demo model's transformer (the cached demo pipeline is written if needed)."""
-    folder = write_demo_model(model_cache / f"noisett-demo-v{DEMO_VERSION}")
+    folder = write_demo_model(demo_model_folder(model_cache))
     return HiDreamImageTransformer2DModel.from_pretrained(folder, subfolder="transformer")
 
 

@@ -19,11 +19,11 @@ from diffusers import HiDreamImagePipeline
 from PIL import Image
 
 from noisett_mcp.config import Settings
-from noisett_mcp.engine.demo import DEMO_VERSION, MARKER, write_demo_model
-from noisett_mcp.engine.jobs import GenerationCancelled
-from noisett_mcp.engine.styles import StyleAdapters
-from noisett_mcp.models import GenerationSpec
-from noisett_mcp.styles import Style
+from noisett_mcp.engine.adapters import StyleAdapters
+from noisett_mcp.engine.demo import MARKER, write_demo_model
+from noisett_mcp.errors import GenerationCancelled
+from noisett_mcp.schemas import GenerationSpec
+from noisett_mcp.styles.manifest import Style
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,7 @@ transformers.utils.logging.disable_progress_bar()
 
 @dataclass(frozen=True)
 class EngineInfo:
-    model: str
-    variant: str
     device: str
-    dtype: str
     render_side: int  # HiDream renders about render_side² pixels
     size_multiple: int  # and rounds sizes down to this multiple
 
@@ -73,10 +70,7 @@ class Engine:
         self.styles = StyleAdapters(self.pipe, settings.max_loaded_styles)
         vae_factor = self.pipe.vae_scale_factor
         self.info = EngineInfo(
-            model=settings.model,
-            variant=settings.resolved_variant,
             device=self.device,
-            dtype=str(self.dtype).removeprefix("torch."),
             render_side=self.pipe.default_sample_size * vae_factor,
             size_multiple=vae_factor * 2,
         )
@@ -86,7 +80,7 @@ class Engine:
         cache_dir = settings.resolved_model_cache_dir
         source = settings.model
         if settings.is_demo:
-            source = str(write_demo_model(cache_dir / f"noisett-demo-v{DEMO_VERSION}"))
+            source = str(write_demo_model(settings.demo_model_dir))
         folder = Path(source)
         kwargs: dict[str, object] = {"dtype": self.dtype, "cache_dir": str(cache_dir)}
         if folder.is_dir():

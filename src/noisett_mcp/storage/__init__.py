@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from noisett_mcp.config import Settings
-from noisett_mcp.storage.base import ImageStore, InvalidImageId, StorageUnavailable, StoredImage
+from noisett_mcp.storage.base import ImageRecord, ImageStore, JobControl, StoredImage, check_image_id
 from noisett_mcp.storage.local import LocalImageStore
 
 __all__ = [
+    "ImageRecord",
     "ImageStore",
-    "InvalidImageId",
+    "JobControl",
     "LocalImageStore",
-    "StorageUnavailable",
     "StoredImage",
+    "check_image_id",
     "open_store",
 ]
 

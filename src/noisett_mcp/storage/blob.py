@@ -2,7 +2,8 @@
 when storage is unreachable.
 
 In the images container, `<id>` is the image (content type, cache-control, a download file name, and
-the generation parameters as metadata) and `<id>.json` its record, readable by every replica. The
+the generation parameters as metadata), `<id>.json` its record, readable by every replica, and
+`jobs/<job id>.json` a job's control record. The
 account is reached with a connection string (account key: service SAS links) or an account URL and
 DefaultAzureCredential (a managed identity: user delegation SAS links, the delegation key cached).
 
@@ -33,7 +34,9 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRet
 
 from noisett_mcp import __version__
 from noisett_mcp.config import Settings
-from noisett_mcp.storage.base import StorageUnavailable, StoredImage, check_image_id
+from noisett_mcp.errors import StorageUnavailable, needs_azure_storage
+from noisett_mcp.images import BY_MIME_TYPE
+from noisett_mcp.storage.base import ImageRecord, JobControl, StoredImage, check_image_id
 from noisett_mcp.storage.spool import Spool, SpoolUploader
 
 log = logging.getLogger(__name__)
@@ -43,8 +46,7 @@ logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(l
 IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"  # an id's image never changes
 RECORD_CACHE_CONTROL = "no-cache"  # a record changes while its job runs
 SHUTDOWN_DRAIN_SECONDS = 10.0  # within Container Apps' 30 s termination grace
-_EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpeg"}
-_NOT_METADATA = frozenset({"status", "progress", "error", "url"})  # job state lives in the record
+CONTROL_PREFIX = "jobs/"
 _METADATA_VALUE_LIMIT = 1024  # Azure allows 8 KiB of metadata per blob: long prompts are cut here
 # Header values must be printable ASCII: everything else (and % itself) is percent-encoded.
 _METADATA_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
@@ -71,13 +73,13 @@ def is_outage(exc: BaseException) -> bool:
     return False
 
 
-def encode_metadata(record: dict[str, Any]) -> dict[str, str]:
+def encode_metadata(parameters: dict[str, Any]) -> dict[str, str]:
     """Generation parameters as blob metadata: printable ASCII, percent-encoded where needed, long
     values cut (the full values are in the record and the image's own text chunks)."""
     metadata: dict[str, str] = {}
     truncated = []
-    for key, value in sorted(record.items()):
-        if key in _NOT_METADATA or value is None:
+    for key, value in sorted(parameters.items()):
+        if value is None:
             continue
         text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), sort_keys=True)
         encoded = quote(text, safe=_METADATA_SAFE)
@@ -119,7 +121,6 @@ class BlobAccount:
         self._delegation_key: UserDelegationKey | None = None
         self._delegation_key_expiry = datetime.min.replace(tzinfo=UTC)
         self._delegation_lock = anyio.Lock()
-        self._created: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, credential: Any = None, **client_options: Any) -> BlobAccount:
@@ -128,7 +129,7 @@ class BlobAccount:
         options: dict[str, Any] = {
             # Two quick retries inside a request (the SDK's default waits 15 s and more between them):
             # writes fall back to the spool, whose uploader retries for as long as it takes.
-            "retry_policy": LinearRetry(backoff=1, retry_total=2, random_jitter_range=0.5),
+            "retry_policy": LinearRetry(backoff=1, retry_total=2, random_jitter_range=1),
             "connection_timeout": 10,
             "user_agent": f"noisett-mcp/{__version__}",
             **client_options,
@@ -139,7 +140,7 @@ class BlobAccount:
             )
             return cls(client, create_containers=True)
         if not settings.blob_account_url:
-            raise ValueError("Blob storage needs AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL")
+            raise ValueError(needs_azure_storage("Blob storage"))
         if credential is None:
             from azure.identity.aio import DefaultAzureCredential
 
@@ -163,7 +164,6 @@ class BlobAccount:
             log.info("created Blob container %r in account %s", name, self.name)
         except ResourceExistsError:
             pass
-        self._created.add(name)
         return True
 
     async def sas_url(self, container: str, blob: str, minutes: float) -> str | None:
@@ -223,20 +223,20 @@ class BlobImageStore:
         self.uploader = SpoolUploader(spool, self, is_outage, describe_error)
 
     # --- ImageStore ---
-    async def save_record(self, image_id: str, record: dict[str, Any]) -> None:
-        await self.spool.save_record(check_image_id(image_id), record)
-        await self.uploader.try_upload(image_id)
+    async def save_record(self, record: ImageRecord) -> None:
+        await self.spool.save_record(record)
+        await self.uploader.try_upload(record.id)
 
-    async def load_record(self, image_id: str) -> dict[str, Any] | None:
+    async def load_record(self, image_id: str) -> ImageRecord | None:
         record = await self.spool.load_record(check_image_id(image_id))
         if record is not None:
             return record
         data = await self._download(f"{image_id}.json")
-        return None if data is None else json.loads(data[0])
+        return None if data is None else ImageRecord.model_validate_json(data[0])
 
-    async def save_image(self, image_id: str, data: bytes, mime_type: str, record: dict[str, Any]) -> None:
-        await self.spool.save_image(check_image_id(image_id), data, mime_type, record)
-        await self.uploader.try_upload(image_id)
+    async def save_image(self, data: bytes, mime_type: str, record: ImageRecord) -> None:
+        await self.spool.save_image(data, mime_type, record)
+        await self.uploader.try_upload(record.id)
 
     async def load_image(self, image_id: str) -> StoredImage | None:
         stored = await self.spool.load_image(check_image_id(image_id))
@@ -254,6 +254,27 @@ class BlobImageStore:
             log.warning("no SAS link for %s: %s", image_id, describe_error(exc))
             return None
 
+    async def save_control(self, job_id: str, control: JobControl) -> None:
+        """Straight to Blob storage, not through the spool: a control record only matters to a worker
+        elsewhere, and a cancel that cannot reach storage has nothing to stop there."""
+        data = control.model_dump_json().encode()
+        settings = ContentSettings(
+            content_type="application/json",
+            cache_control=RECORD_CACHE_CONTROL,
+            content_md5=bytearray(hashlib.md5(data).digest()),
+        )
+        try:
+            await self._upload(f"{CONTROL_PREFIX}{check_image_id(job_id)}.json", data, settings, None)
+        except Exception as exc:
+            raise StorageUnavailable(f"cannot reach image storage ({describe_error(exc)})") from exc
+
+    async def load_control(self, job_id: str) -> JobControl | None:
+        data = await self._download(f"{CONTROL_PREFIX}{check_image_id(job_id)}.json")
+        return None if data is None else JobControl.model_validate_json(data[0])
+
+    async def is_pending(self, image_id: str) -> bool:
+        return await self.spool.snapshot(check_image_id(image_id)) is not None
+
     async def sweep(self, older_than_days: float) -> int:
         """Delete images and records last written before the cutoff (what Azure's lifecycle rule does,
         for accounts without one). The spool is never swept: it holds what is not uploaded yet."""
@@ -268,7 +289,8 @@ class BlobImageStore:
                         await self.container.delete_blob(blob.name)
                     except ResourceNotFoundError:
                         continue  # another replica swept it
-                    removed.add(blob.name.removesuffix(".json"))
+                    if not blob.name.startswith(CONTROL_PREFIX):
+                        removed.add(blob.name.removesuffix(".json"))
         except ResourceNotFoundError:
             return 0  # no container yet: nothing to sweep
         return len(removed)
@@ -282,7 +304,7 @@ class BlobImageStore:
                 log.warning("could not check Blob container %r: %s", self.container_name, describe_error(exc))
         await self.uploader.run()
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> dict[str, Any] | None:
         """For /health: an outage does not fail the probe (images wait in the spool), it shows here."""
         return {
             "backend": "azure-blob",
@@ -306,14 +328,15 @@ class BlobImageStore:
 
     # --- Uploads (called by the spool's uploader) ---
     async def upload_image(self, image_id: str, image: StoredImage, record: bytes) -> None:
-        extension = _EXTENSIONS.get(image.mime_type, "bin")
+        extension = BY_MIME_TYPE[image.mime_type].extension if image.mime_type in BY_MIME_TYPE else ".bin"
         settings = ContentSettings(
             content_type=image.mime_type,
             cache_control=IMAGE_CACHE_CONTROL,
-            content_disposition=f'inline; filename="{image_id}.{extension}"',
+            content_disposition=f'inline; filename="{image_id}{extension}"',
             content_md5=bytearray(hashlib.md5(image.data).digest()),
         )
-        await self._upload(image_id, image.data, settings, encode_metadata(json.loads(record)))
+        metadata = encode_metadata(ImageRecord.model_validate_json(record).parameters())
+        await self._upload(image_id, image.data, settings, metadata)
 
     async def upload_record(self, image_id: str, record: bytes) -> None:
         settings = ContentSettings(
@@ -335,7 +358,7 @@ class BlobImageStore:
                 await blob.upload_blob(data, overwrite=True, content_settings=settings, metadata=metadata)
                 break
             except ResourceNotFoundError as exc:
-                if exc.error_code != "ContainerNotFound" or attempt == 2:
+                if getattr(exc, "error_code", None) != "ContainerNotFound" or attempt == 2:
                     raise
                 if not await self.account.ensure_container(self.container_name):
                     raise HttpResponseError(
@@ -344,7 +367,8 @@ class BlobImageStore:
                     ) from exc
         properties = await blob.get_blob_properties()
         stored_md5 = properties.content_settings.content_md5
-        if properties.size != len(data) or (stored_md5 and bytes(stored_md5) != bytes(settings.content_md5)):
+        sent_md5 = bytes(settings.content_md5 or b"")
+        if properties.size != len(data) or (stored_md5 and bytes(stored_md5) != sent_md5):
             raise HttpResponseError(
                 f"upload of {name} did not verify: {properties.size} bytes stored of {len(data)}"
             )

@@ -1,20 +1,23 @@
-"""Images in a local folder: `<id>.json` holds the record, `<id>.<ext>` the image."""
+"""Images in a local folder: `<id>.json` holds the record, `<id>.<ext>` the image, and
+`jobs/<job id>.json` a job's control record."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from noisett_mcp.storage.base import StoredImage, check_image_id
+from noisett_mcp.images import BY_EXTENSION, BY_MIME_TYPE
+from noisett_mcp.storage.base import ImageRecord, JobControl, StoredImage, check_image_id
 
-_EXTENSIONS = {"image/png": ".png", "image/webp": ".webp", "image/jpeg": ".jpeg"}
-_MIME_BY_EXTENSION = {ext: mime for mime, ext in _EXTENSIONS.items()}
+if TYPE_CHECKING:
+    from noisett_mcp.storage.blob import BlobAccount
+
+CONTROL_FOLDER = "jobs"
 
 
 class LocalImageStore:
@@ -22,32 +25,40 @@ class LocalImageStore:
         self.root = Path(root)
 
     # File I/O runs in a worker thread so the event loop keeps answering.
-    async def save_record(self, image_id: str, record: dict[str, Any]) -> None:
-        path = self._path(image_id, ".json")
-        await anyio.to_thread.run_sync(self._write, path, json.dumps(record, sort_keys=True).encode())
+    async def save_record(self, record: ImageRecord) -> None:
+        path = self._path(record.id, ".json")
+        await anyio.to_thread.run_sync(self._write, path, record.encode())
 
-    async def load_record(self, image_id: str) -> dict[str, Any] | None:
-        path = self._path(image_id, ".json")
-        try:
-            data = await anyio.to_thread.run_sync(path.read_bytes)
-        except FileNotFoundError:
-            return None
-        return json.loads(data)
+    async def load_record(self, image_id: str) -> ImageRecord | None:
+        data = await self._read(self._path(image_id, ".json"))
+        return None if data is None else ImageRecord.model_validate_json(data)
 
-    async def save_image(self, image_id: str, data: bytes, mime_type: str, record: dict[str, Any]) -> None:
-        await anyio.to_thread.run_sync(self._write, self._path(image_id, _EXTENSIONS[mime_type]), data)
-        await self.save_record(image_id, record)
+    async def save_image(self, data: bytes, mime_type: str, record: ImageRecord) -> None:
+        path = self._path(record.id, BY_MIME_TYPE[mime_type].extension)
+        await anyio.to_thread.run_sync(self._write, path, data)
+        await self.save_record(record)
 
     async def load_image(self, image_id: str) -> StoredImage | None:
         path = await anyio.to_thread.run_sync(self._find_image, image_id)
         if path is None:
             return None
         data = await anyio.to_thread.run_sync(path.read_bytes)
-        return StoredImage(data, _MIME_BY_EXTENSION[path.suffix])
+        return StoredImage(data, BY_EXTENSION[path.suffix].mime_type)
 
     async def image_url(self, image_id: str) -> str | None:
         path = await anyio.to_thread.run_sync(self._find_image, image_id)
         return path.resolve().as_uri() if path else None
+
+    async def save_control(self, job_id: str, control: JobControl) -> None:
+        path = self.root / CONTROL_FOLDER / f"{check_image_id(job_id)}.json"
+        await anyio.to_thread.run_sync(self._write, path, control.model_dump_json().encode())
+
+    async def load_control(self, job_id: str) -> JobControl | None:
+        data = await self._read(self.root / CONTROL_FOLDER / f"{check_image_id(job_id)}.json")
+        return None if data is None else JobControl.model_validate_json(data)
+
+    async def is_pending(self, image_id: str) -> bool:
+        return False  # every write is final
 
     async def sweep(self, older_than_days: float) -> int:
         return await anyio.to_thread.run_sync(self._sweep, older_than_days)
@@ -55,8 +66,21 @@ class LocalImageStore:
     async def run(self) -> None:
         pass  # nothing in the background: every write is final
 
+    def health(self) -> dict[str, Any] | None:
+        return None
+
+    @property
+    def account(self) -> BlobAccount | None:
+        return None
+
     async def aclose(self) -> None:
         pass
+
+    async def _read(self, path: Path) -> bytes | None:
+        try:
+            return await anyio.to_thread.run_sync(path.read_bytes)
+        except FileNotFoundError:
+            return None
 
     def _write(self, path: Path, data: bytes) -> None:
         atomic_write(path, data)
@@ -65,7 +89,7 @@ class LocalImageStore:
         return self.root / f"{check_image_id(image_id)}{suffix}"
 
     def _find_image(self, image_id: str) -> Path | None:
-        for suffix in _MIME_BY_EXTENSION:
+        for suffix in BY_EXTENSION:
             path = self._path(image_id, suffix)
             if path.is_file():
                 return path
@@ -76,15 +100,20 @@ class LocalImageStore:
             return 0
         cutoff = time.time() - older_than_days * 86400
         removed: set[str] = set()
-        for path in self.root.iterdir():
-            if path.suffix in _MIME_BY_EXTENSION or path.suffix == ".json":
+        for path in [*self.root.iterdir(), *self._control_files()]:
+            if path.suffix in BY_EXTENSION or path.suffix == ".json":
                 try:
                     if path.stat().st_mtime < cutoff:
                         path.unlink()
-                        removed.add(path.stem)
+                        if path.parent == self.root:
+                            removed.add(path.stem)
                 except FileNotFoundError:
                     pass
         return len(removed)
+
+    def _control_files(self) -> list[Path]:
+        folder = self.root / CONTROL_FOLDER
+        return list(folder.iterdir()) if folder.is_dir() else []
 
 
 def atomic_write(path: Path, data: bytes) -> None:

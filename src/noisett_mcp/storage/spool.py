@@ -17,6 +17,7 @@ from typing import Protocol
 
 import anyio
 
+from noisett_mcp.images import BY_EXTENSION
 from noisett_mcp.storage.base import StoredImage, check_image_id
 from noisett_mcp.storage.local import LocalImageStore
 
@@ -79,7 +80,7 @@ class Spool(LocalImageStore):
         image = None
         if image_path is not None:
             try:
-                image = StoredImage(image_path.read_bytes(), _mime_of(image_path))
+                image = StoredImage(image_path.read_bytes(), BY_EXTENSION[image_path.suffix].mime_type)
             except FileNotFoundError:
                 image_path = None
         if record is None and image is None:
@@ -110,10 +111,6 @@ class Spool(LocalImageStore):
                     path.unlink()  # unchanged since the snapshot: the uploaded copy is current
             except FileNotFoundError:
                 pass
-
-
-def _mime_of(path: Path) -> str:
-    return {".png": "image/png", ".webp": "image/webp", ".jpeg": "image/jpeg"}[path.suffix]
 
 
 class Uploads(Protocol):

@@ -88,11 +88,11 @@ async def sync_prefix(
     async for blob in container.list_blobs(name_starts_with=prefix or None):
         if blob.name.endswith("/"):
             continue  # a folder placeholder
-        relative = _safe_relative(blob.name[len(prefix) :])
-        if relative is None:
+        safe = _safe_relative(blob.name[len(prefix) :])
+        if safe is None:
             log.warning("skipping blob %r: its name would leave %s", blob.name, folder)
             continue
-        wanted[str(relative)] = blob
+        wanted[str(safe)] = blob
     limiter = anyio.CapacityLimiter(concurrency)
 
     async def fetch(relative: str, blob: Any) -> None:
@@ -185,6 +185,16 @@ async def sync_styles(account: BlobAccount, settings: Settings) -> SyncResult:
             len(result.removed),
         )
     return result
+
+
+async def keep_styles_synced(account: BlobAccount, settings: Settings) -> None:
+    """Sync the styles every NOISETT_STYLES_SYNC_SECONDS, for the process's lifetime."""
+    while True:
+        try:
+            await sync_styles(account, settings)
+        except Exception as exc:  # storage away: keep the styles we have, try again later
+            log.warning("styles sync failed: %s", describe_error(exc))
+        await anyio.sleep(settings.styles_sync_seconds)
 
 
 async def _download(container: ContainerClient, blob: Any, path: Path) -> None:

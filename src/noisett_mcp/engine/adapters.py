@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from diffusers import HiDreamImagePipeline
 
-from noisett_mcp.styles import Style, StyleRefused, check_modules
+from noisett_mcp.errors import StyleRefused
+from noisett_mcp.styles.manifest import Style, check_modules
 
 log = logging.getLogger(__name__)
 

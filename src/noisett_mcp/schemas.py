@@ -1,13 +1,14 @@
-"""Plain data shared by the MCP surface, the service, storage and the engine. No torch here."""
+"""The wire schemas: what tools take and return, and the generation parameters that travel from the
+MCP surface and the CLI to the service, the queue and the engine. No torch here."""
 
 from __future__ import annotations
 
 import math
 import re
 import secrets
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 AspectRatio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3"]
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {
@@ -55,6 +56,64 @@ def aspect_ratio_help(side: int = 1024, multiple: int = 16) -> str:
         "{} → {}×{}".format(name, *rendered_size(name, side, multiple)) for name in ASPECT_RATIOS
     )
     return f"Aspect ratio; the model renders about one megapixel: {sizes}."
+
+
+# One definition per generation parameter: the tool's signature, GenerationRequest and the CLI share them.
+# Their descriptions are the LLM's manual.
+Prompt = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="What the image shows: subject, setting, composition, mood. Plain language.",
+    ),
+]
+NegativePrompt = Annotated[
+    str, Field(max_length=MAX_PROMPT_CHARS, description="What the image must not show.")
+]
+StyleName = Annotated[
+    str, Field(max_length=64, description="A brand style from list_styles; `none` for the base model.")
+]
+StyleStrength = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        le=2,
+        description="How strongly the style applies, 0 (not at all) to 2; omit for the style's "
+        "default strength (list_styles shows it).",
+    ),
+]
+Seed = Annotated[
+    int | None, Field(ge=0, le=MAX_SEED, description="Seed for reproducible results; omit for a random one.")
+]
+Steps = Annotated[
+    int | None,
+    Field(ge=1, le=100, description="Denoising steps; omit for the model's default (more: slower)."),
+]
+Guidance = Annotated[
+    float | None,
+    Field(ge=0, le=20, description="Prompt adherence (CFG scale); omit for the model's default."),
+]
+Count = Annotated[int, Field(ge=1, le=4, description="How many images, each with its own seed.")]
+Format = Annotated[ImageFormat, Field(description="File format of the full image.")]
+
+
+class GenerationRequest(BaseModel):
+    """What a caller asks for, before styles and model defaults are applied (the service resolves it
+    into a GenerationSpec)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    style: StyleName = "none"
+    style_strength: StyleStrength = None
+    aspect_ratio: Annotated[AspectRatio, Field(description=aspect_ratio_help())] = "1:1"
+    seed: Seed = None
+    steps: Steps = None
+    guidance: Guidance = None
+    count: Count = 1
+    format: Format = "png"
 
 
 class GenerationSpec(BaseModel):

@@ -1,14 +1,14 @@
 """Azure Storage Queues between an always-on MCP front and GPU workers that scale to zero. No torch here.
 
 The front (`AzureJobQueue`) sends each job as one message and follows it through the image records,
-which every replica can read. A worker (`noisett_mcp.worker`) claims a message (it turns invisible),
+which every replica can read. A worker (`noisett_mcp.jobs.worker`) claims a message (it turns invisible),
 keeps the claim alive while it renders, writes status and progress into those records, and deletes the
 message only once the images are stored. If a worker dies, the message reappears after its visibility
 timeout and another worker takes the job; a message delivered more than `NOISETT_MAX_ATTEMPTS` times
 is marked failed instead of looping forever.
 
-Cancelling is a record too: the front writes `{"kind": "control", "cancel": true}` under the job's id,
-and the worker checks it while it renders.
+Cancelling is a record too: the front writes the job's `JobControl` (its own key, beside the image
+records), and the worker checks it while it renders.
 
 Importing this module costs the Azure SDK's import time: the service imports it only in front mode.
 """
@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from azure.core.exceptions import ResourceExistsError
@@ -29,9 +29,13 @@ from azure.storage.queue.aio import QueueClient
 from opentelemetry import propagate
 
 from noisett_mcp.config import Settings
-from noisett_mcp.engine.jobs import Job, QueueFull, StepTimer
-from noisett_mcp.models import FINISHED, GenerationSpec
-from noisett_mcp.storage import ImageStore
+from noisett_mcp.errors import QueueFull
+from noisett_mcp.jobs.base import Job, StepTimer
+from noisett_mcp.schemas import FINISHED, GenerationSpec
+from noisett_mcp.storage.base import ImageRecord, ImageStore, JobControl
+
+if TYPE_CHECKING:
+    from noisett_mcp.jobs.runner import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +59,6 @@ def queue_client(settings: Settings) -> QueueClient:
 async def ensure_queue(client: QueueClient) -> None:
     with contextlib.suppress(ResourceExistsError):  # another replica made it
         await client.create_queue()
-
-
-def control_id(job: Job) -> str:
-    """The record id of a job's control record (a job id has the form of an image id)."""
-    return job.id
 
 
 @dataclass(frozen=True)
@@ -100,6 +99,7 @@ class AzureJobQueue:
     """The front's side of the queue: the `JobQueue` seam, with the GPU work done elsewhere."""
 
     durable = True  # jobs outlive this process: a record left `running` is still being worked on
+    runner: JobRunner | None = None  # the GPU workers render
 
     def __init__(self, settings: Settings, store: ImageStore, client: QueueClient | None = None) -> None:
         self.settings = settings
@@ -140,7 +140,7 @@ class AzureJobQueue:
     async def cancel(self, job: Job) -> None:
         job.cancel_requested = True
         if not job.finished:
-            await self.store.save_record(control_id(job), {"kind": "control", "cancel": True})
+            await self.store.save_control(job.id, JobControl(cancel=True))
 
     def position(self, job: Job) -> int | None:
         # Storage Queues tell only their length: the messages ahead are at most the others in it.
@@ -185,29 +185,30 @@ class AzureJobQueue:
             properties = await self.client.get_queue_properties()
             self.length = properties.approximate_message_count or 0
             oldest = await self.client.peek_messages(max_messages=1)
-            self.oldest_age = (datetime.now(UTC) - oldest[0].inserted_on).total_seconds() if oldest else None
+            inserted = oldest[0].inserted_on if oldest else None
+            self.oldest_age = (datetime.now(UTC) - inserted).total_seconds() if inserted else None
         except Exception as exc:  # storage hiccups must not stop following jobs
             log.warning("cannot read queue %s: %s", self.settings.queue_name, type(exc).__name__)
 
     async def _follow(self, job: Job) -> None:
         """Bring a job up to date from its image records, which the worker writes."""
         try:
-            records = [await self.store.load_record(image_id) for image_id in job.image_ids]
+            loaded = [await self.store.load_record(image_id) for image_id in job.image_ids]
         except Exception as exc:
             log.warning("cannot read records of job %s: %s", job.id, type(exc).__name__)
             return
-        records = [r for r in records if r]
+        records: list[ImageRecord] = [r for r in loaded if r is not None]
         if len(records) < len(job.image_ids):
             return
-        statuses = [r["status"] for r in records]
+        statuses = [r.status for r in records]
         job.images_done = sum(1 for s in statuses if s == "done")
-        job.steps_done = max(int(r.get("steps_done") or 0) for r in records)
+        job.steps_done = max(r.steps_done for r in records)
         if "running" in statuses and job.status == "queued":
             job.status, job.started = "running", time.monotonic()
         if all(s in FINISHED for s in statuses):
-            failed = [r for r in records if r["status"] != "done"]
+            failed = [r for r in records if r.status != "done"]
             if failed:
-                job.finish(failed[0]["status"], failed[0].get("error"))
+                job.finish(failed[0].status, failed[0].error)
             else:
                 if job.started is not None:
                     self.timer.record(time.monotonic() - job.started, job.total_steps)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,12 +23,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from noisett_mcp.config import Settings
-from noisett_mcp.engine.azure_queue import JobMessage, ensure_queue, queue_client
-from noisett_mcp.engine.jobs import Job
-from noisett_mcp.service import Noisett
+from noisett_mcp.health import health_response
+from noisett_mcp.jobs.azure import JobMessage, ensure_queue, queue_client
+from noisett_mcp.jobs.base import Job
+from noisett_mcp.jobs.records import save_records
+from noisett_mcp.jobs.runner import JobRunner
+from noisett_mcp.storage import open_store
+from noisett_mcp.styles.catalog import StyleCatalog
+from noisett_mcp.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("noisett_mcp.worker")
+tracer = trace.get_tracer("noisett_mcp.jobs.worker")
 
 IDLE_POLL_SECONDS = 1.0  # between empty receives
 PROGRESS_SECONDS = 0.5  # how often progress reaches the records
@@ -40,8 +44,8 @@ LOAD_RETRY_SECONDS = 60.0
 class Worker:
     def __init__(self, settings: Settings, client: QueueClient | None = None) -> None:
         self.settings = settings
-        # The worker renders jobs itself: its service runs in local mode whatever NOISETT_QUEUE says.
-        self.service = Noisett(settings.model_copy(update={"queue": "local"}))
+        self.store = open_store(settings)
+        self.runner = JobRunner(settings, self.store, StyleCatalog(settings), Telemetry.default())
         self.client = client or queue_client(settings)
         self.visibility = settings.queue_visibility_seconds
         self.current: Job | None = None
@@ -49,21 +53,34 @@ class Worker:
         self.stopping = False  # set on SIGTERM: finish the job in hand, take no more
 
     async def run(self) -> None:
-        async with self.service:
-            await ensure_queue(self.client)
-            while True:
-                try:
-                    await self.service.engine()
-                    break
-                except Exception:  # logged and shown on /healthz; no job is taken meanwhile
-                    await anyio.sleep(LOAD_RETRY_SECONDS)
-            log.info("worker ready: taking jobs from queue %s", self.settings.queue_name)
-            while not self.stopping:
-                message = await self.client.receive_message(visibility_timeout=self.visibility)
-                if message is None:
-                    await anyio.sleep(IDLE_POLL_SECONDS)
-                    continue
-                await self.process(message)
+        async with self.client, anyio.create_task_group() as tg:
+            tg.start_soon(self.store.run)  # uploads what the spool holds, a restart's included
+            if (account := self.store.account) is not None:
+                from noisett_mcp.storage.sync import keep_styles_synced
+
+                tg.start_soon(keep_styles_synced, account, self.settings)  # jobs render in synced styles
+            try:
+                await self._take_jobs()
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await self.store.aclose()
+
+    async def _take_jobs(self) -> None:
+        await ensure_queue(self.client)
+        while True:
+            try:
+                await self.runner.engine()
+                break
+            except Exception:  # logged and shown on /healthz; no job is taken meanwhile
+                await anyio.sleep(LOAD_RETRY_SECONDS)
+        log.info("worker ready: taking jobs from queue %s", self.settings.queue_name)
+        while not self.stopping:
+            message = await self.client.receive_message(visibility_timeout=self.visibility)
+            if message is None:
+                await anyio.sleep(IDLE_POLL_SECONDS)
+                continue
+            await self.process(message)
 
     async def process(self, message: QueueMessage) -> None:
         try:
@@ -72,7 +89,7 @@ class Worker:
             log.error("dropping malformed queue message %s: %s", message.id, exc)
             await self.client.delete_message(message)
             return
-        if message.dequeue_count > self.settings.max_attempts:
+        if (message.dequeue_count or 1) > self.settings.max_attempts:
             await self._give_up(job, message)
             return
         job.images_done = await self._images_stored(job)  # what a worker that died here already made
@@ -90,7 +107,7 @@ class Worker:
                 async with self._claim(message) as claim, anyio.create_task_group() as tg:
                     tg.start_soon(self._write_progress, job)
                     tg.start_soon(self._watch_cancel, job)
-                    await self.service.execute(job)
+                    await self.runner.execute(job)
                     await self._wait_until_stored(job)
                     tg.cancel_scope.cancel()
                 await self.client.delete_message(claim.message)
@@ -100,14 +117,14 @@ class Worker:
         log.info("job %s %s", job.id, job.status)
 
     async def _give_up(self, job: Job, message: QueueMessage) -> None:
-        attempts = message.dequeue_count - 1
+        attempts = (message.dequeue_count or 1) - 1
         error = (
             f"gave up after {attempts} attempts: a worker stopped each time while making it "
             "(out of memory, a crash or a restart)"
         )
         log.error("job %s: %s", job.id, error)
         job.finish("failed", error)
-        await self.service.save_records(job)
+        await save_records(self.store, job)
         await self.client.delete_message(message)
 
     @contextlib.asynccontextmanager
@@ -135,50 +152,49 @@ class Worker:
             await anyio.sleep(PROGRESS_SECONDS)
             if job.status == "running" and job.steps_done != written:
                 written = job.steps_done
-                await self.service.save_records(job)
+                await save_records(self.store, job)
 
     async def _watch_cancel(self, job: Job) -> None:
         while not job.cancel_requested:
             await anyio.sleep(CANCEL_CHECK_SECONDS)
-            control = await self.service.store.load_record(job.id)
-            if control and control.get("cancel"):
+            control = await self.store.load_control(job.id)
+            if control is not None and control.cancel:
                 job.cancel_requested = True  # the engine stops at its next step
 
     async def _images_stored(self, job: Job) -> int:
         """How many of the job's images, from the first, are already stored."""
         stored = 0
         for image_id in job.image_ids:
-            record = await self.service.store.load_record(image_id)
-            if not record or record.get("status") != "done":
+            record = await self.store.load_record(image_id)
+            if record is None or record.status != "done":
                 break
             stored += 1
         return stored
 
     async def _wait_until_stored(self, job: Job) -> None:
         """Until the spool holds nothing of this job: then it is all in Blob storage."""
-        spool = self.service.store.spool  # type: ignore[attr-defined]
         while True:
-            pending = [i for i in job.image_ids if await spool.snapshot(i) is not None]
+            pending = [i for i in job.image_ids if await self.store.is_pending(i)]
             if not pending:
                 return
             await anyio.sleep(1.0)
 
     def health(self) -> dict[str, Any]:
-        body = self.service.health() | {"role": "worker", "jobs_done": self.jobs_done}
+        body = self.runner.health() | {"role": "worker", "jobs_done": self.jobs_done}
         body["job"] = self.current.id if self.current else None
+        if (storage := self.store.health()) is not None:
+            body["storage"] = storage
         return body
 
 
 class _Claim:
     def __init__(self, message: QueueMessage) -> None:
         self.message = message
-        self.since = time.monotonic()
 
 
 def health_app(worker: Worker) -> Starlette:
     async def health(request: Request) -> JSONResponse:
-        body = worker.health()
-        return JSONResponse(body, status_code=503 if body["status"] == "error" else 200)
+        return health_response(worker.health())
 
     return Starlette(routes=[Route("/healthz", health), Route("/health", health)])
 

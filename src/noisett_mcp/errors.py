@@ -1,0 +1,81 @@
+"""Every error Noisett raises on purpose. Each message says what was wrong and what is allowed, so it can
+go to a user or an assistant as it is.
+
+NoisettError
+├── RequestError          bad input the caller can fix (a ValueError too)
+│   ├── InvalidImageId    an id that is not 32 lowercase hex characters
+│   └── ImageNotFound     no such image here, or not the caller's (the two read the same)
+├── QueueFull             busy: retry in N seconds
+├── StorageUnavailable    the image store cannot be reached, or refused the request
+├── GenerationCancelled   a job stopped at the next denoising step because its caller gave up
+├── StyleRefused          a style that cannot be offered (bad manifest, adapter for another model)
+└── StyleUnavailable      a style that exists but cannot be used right now (a download failed)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NoisettError(Exception):
+    """Base of every error raised on purpose: its message is fit for a user."""
+
+
+class RequestError(NoisettError, ValueError):
+    """Bad input the caller can fix; the message says what is allowed."""
+
+
+class InvalidImageId(RequestError):
+    def __init__(self, value: object) -> None:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        super().__init__(
+            f"invalid image id {shown}: ids are 32 lowercase hexadecimal characters, "
+            "as returned by generate_image"
+        )
+
+
+class ImageNotFound(RequestError, LookupError):
+    def __init__(self, image_id: str) -> None:
+        super().__init__(
+            f"no image with id {image_id!r}: it was never made here, or it has expired. "
+            "Ids come from generate_image."
+        )
+
+
+class QueueFull(NoisettError):
+    def __init__(self, waiting: int, retry_after: float) -> None:
+        self.waiting = waiting
+        self.retry_after = retry_after
+        super().__init__(
+            f"The image server is busy: {waiting} generation(s) are already waiting, the most it queues. "
+            f"Retry in about {max(1, round(retry_after))} s."
+        )
+
+
+class StorageUnavailable(NoisettError):
+    """The store cannot be reached right now; the message says so without secrets."""
+
+
+class GenerationCancelled(NoisettError):
+    """Raised inside a job (by the engine's step callback): denoising stops at the next step."""
+
+
+class StyleRefused(NoisettError):
+    """A style that cannot be offered; the message names its manifest and says what to fix."""
+
+    def __init__(self, source: Path, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class StyleUnavailable(NoisettError):
+    """A style that exists but cannot be used right now (a hub download failed); not its fault."""
+
+
+AZURE_STORAGE_NEEDED = "set AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL"
+
+
+def needs_azure_storage(what: str) -> str:
+    """The one message for a feature that needs Azure storage configured."""
+    return f"{what} needs Azure storage: {AZURE_STORAGE_NEEDED}"

@@ -1,0 +1,120 @@
+"""Jobs and the queue seam: one worker per GPU, bounded, cancellable.
+
+`JobQueue` is the seam for scale-out: `LocalJobQueue` (local.py) runs jobs in this process on a
+`JobRunner`; `AzureJobQueue` (azure.py) hands them to GPU workers elsewhere.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+
+from noisett_mcp.auth.caller import LOCAL_OWNER
+from noisett_mcp.schemas import FINISHED, GenerationSpec, Status
+
+if TYPE_CHECKING:
+    from noisett_mcp.jobs.runner import JobRunner
+
+
+@dataclass(eq=False)
+class Job:
+    """One generate_image request: `count` images rendered one after another."""
+
+    id: str
+    spec: GenerationSpec
+    image_ids: list[str]
+    owner: str = LOCAL_OWNER
+    status: Status = "queued"
+    steps_done: int = 0  # over all images; written by the worker thread
+    images_done: int = 0
+    error: str | None = None
+    created: float = field(default_factory=time.monotonic)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    started: float | None = None
+    finished_at: float | None = None
+    cancel_requested: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+    # Serializes writes of the job's records: a progress write must never land after the final one.
+    records_lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    @property
+    def total_steps(self) -> int:
+        return self.spec.steps * len(self.image_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def image_status(self, index: int) -> Status:
+        return "done" if index < self.images_done else self.status
+
+    def finish(self, status: Status, error: str | None = None) -> None:
+        self.status = status
+        self.error = error
+        self.finished_at = time.monotonic()
+        self.done.set()
+
+
+class StepTimer:
+    """Seconds per denoising step, from recent jobs: the basis of every time estimate."""
+
+    def __init__(self, initial: float = 1.0, weight: float = 0.3) -> None:
+        self.seconds_per_step = initial
+        self._weight = weight
+        self._measured = False
+
+    def record(self, seconds: float, steps: int) -> None:
+        if steps <= 0:
+            return
+        sample = seconds / steps
+        if self._measured:
+            self.seconds_per_step += self._weight * (sample - self.seconds_per_step)
+        else:
+            self.seconds_per_step, self._measured = sample, True
+
+    def estimate(self, steps: int) -> float:
+        return steps * self.seconds_per_step
+
+
+class JobQueue(Protocol):
+    timer: StepTimer
+    durable: bool  # True when jobs outlive this process (a distributed queue)
+    runner: JobRunner | None  # what renders the jobs in this process; None where workers do
+
+    @property
+    def oldest_age(self) -> float | None:
+        """Seconds the oldest waiting job has waited, where the queue knows."""
+
+    async def ensure_room(self, job: Job) -> None:
+        """Raise QueueFull at once if the queue has no room for another job."""
+
+    async def submit(self, job: Job) -> None:
+        """Queue a job (after ensure_room)."""
+
+    async def cancel(self, job: Job) -> None:
+        """Drop a queued job, or stop a running one at its next step."""
+
+    def position(self, job: Job) -> int | None:
+        """How many jobs are ahead of a queued job (0: next); None once it runs."""
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting, not counting the running one."""
+
+    @property
+    def running(self) -> Job | None:
+        """The job this process is running, if any."""
+
+    @property
+    def waiting(self) -> tuple[Job, ...]:
+        """The jobs this process holds in line."""
+
+    def eta(self, job: Job) -> float:
+        """Seconds until the job is likely done."""
+
+    async def run(self) -> None:
+        """The worker loop; runs until cancelled."""

@@ -1,0 +1,47 @@
+"""Turns a job's state into MCP progress notifications, whose values must strictly increase."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from noisett_mcp.jobs.base import Job, JobQueue
+
+ProgressFn = Callable[[float, float, str], Awaitable[None]]
+
+
+class ProgressReporter:
+    """Before the first step (queued, loading) progress climbs towards 1 without reaching it; then
+    every denoising step is reported, including any that ran between two polls."""
+
+    def __init__(self, queue: JobQueue, job: Job, report: ProgressFn | None) -> None:
+        self.queue, self.job, self.report = queue, job, report
+        self.steps_reported = 0
+        self.phases_reported = 0
+        self.last_phase = ""
+
+    async def update(self) -> None:
+        job = self.job
+        if self.report is None:
+            return
+        if job.steps_done == 0 and not job.finished:
+            phase = self.phase()
+            if phase != self.last_phase:
+                self.phases_reported += 1
+                self.last_phase = phase
+                await self.report(1 - 1 / (self.phases_reported + 1), job.total_steps, phase)
+            return
+        while self.steps_reported < job.steps_done:
+            self.steps_reported += 1
+            await self.report(self.steps_reported, job.total_steps, self.step_message(self.steps_reported))
+
+    def phase(self) -> str:
+        position = self.queue.position(self.job)
+        if position is not None:
+            return f"queued, {position} ahead" if position else "queued, next"
+        runner = self.queue.runner
+        return "loading the model" if runner and runner.engine_state == "loading" else "starting"
+
+    def step_message(self, steps: int) -> str:
+        per_image = self.job.spec.steps
+        image, step = divmod(steps - 1, per_image)
+        return f"image {image + 1}/{len(self.job.image_ids)}, step {step + 1}/{per_image}"

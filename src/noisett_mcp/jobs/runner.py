@@ -1,0 +1,208 @@
+"""The job runner: loads the engine once per process and renders jobs on it, writing each image and
+its records to the store. The local queue and the GPU worker both run jobs through it.
+
+It never imports torch itself: the engine is imported inside the worker thread that loads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+from anyio.abc import TaskGroup
+
+from noisett_mcp import __version__, images
+from noisett_mcp.config import Settings
+from noisett_mcp.errors import GenerationCancelled, StyleRefused, StyleUnavailable, needs_azure_storage
+from noisett_mcp.jobs.base import Job
+from noisett_mcp.jobs.records import finished_record, save_records
+from noisett_mcp.schemas import DEMO_RENDER_SIDE
+from noisett_mcp.storage.base import ImageStore
+from noisett_mcp.styles.catalog import StyleCatalog
+from noisett_mcp.styles.manifest import Style
+from noisett_mcp.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from noisett_mcp.engine.pipeline import Engine
+
+log = logging.getLogger(__name__)
+
+EngineState = Literal["idle", "loading", "ready", "error"]
+
+
+class JobRunner:
+    """Runs jobs on this process's engine, one at a time (the queue calls `execute` from one task)."""
+
+    def __init__(
+        self, settings: Settings, store: ImageStore, styles: StyleCatalog, telemetry: Telemetry
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.styles = styles
+        self.telemetry = telemetry
+        self.engine_state: EngineState = "idle"
+        self.engine_error: str | None = None
+        self._engine: Engine | None = None
+        self._engine_lock = anyio.Lock()
+
+    # --- the engine ---
+    def start_preload(self, task_group: TaskGroup) -> None:
+        """Load the model in the background (idempotent)."""
+        if self.settings.preload and self.engine_state == "idle":
+            task_group.start_soon(self._preload)
+
+    async def _preload(self) -> None:
+        with contextlib.suppress(Exception):  # recorded in engine_state; generation reports it
+            await self.engine()
+
+    async def engine(self) -> Engine:
+        """The loaded engine, loading it on first use (once per process)."""
+        async with self._engine_lock:
+            if self._engine is None:
+                self.engine_state, self.engine_error = "loading", None
+                try:
+                    settings = await self._model_settings()
+                    self._engine = await anyio.to_thread.run_sync(_load_engine, settings)
+                except Exception as exc:
+                    self.engine_state, self.engine_error = "error", f"{type(exc).__name__}: {exc}"
+                    log.exception("model %s failed to load", self.settings.model)
+                    self.telemetry.error("load", exc)
+                    raise
+                self.engine_state = "ready"
+            return self._engine
+
+    @property
+    def device(self) -> str | None:
+        return self._engine.info.device if self._engine else None
+
+    def render_geometry(self) -> tuple[int, int]:
+        """(side, multiple) of the rendered size, known before the model loads."""
+        if self._engine is not None:
+            return self._engine.info.render_side, self._engine.info.size_multiple
+        return default_geometry(self.settings)
+
+    def health(self) -> dict[str, Any]:
+        """The engine's part of /health: `loading` until the model is ready, `error` if it failed."""
+        status = "loading" if self.engine_state in ("idle", "loading") else self.engine_state
+        device = self.device
+        body: dict[str, Any] = {
+            "status": status,
+            "model": self.settings.model,
+            "variant": self.settings.resolved_variant,
+            "device": device,
+            "gpu_available": device.startswith("cuda") if device else None,
+            "version": __version__,
+        }
+        if self.engine_error:
+            body["error"] = self.engine_error
+        return body
+
+    async def _model_settings(self) -> Settings:
+        """The settings the engine loads with: a `blob://CONTAINER/PREFIX` model is first synced to the
+        model cache (unchanged files skipped by size and ETag) and loaded from there."""
+        if not self.settings.blob_model:
+            return self.settings
+        from noisett_mcp.storage.sync import sync_model
+
+        account = self.store.account
+        if account is None:
+            raise RuntimeError(needs_azure_storage(f"NOISETT_MODEL={self.settings.model}"))
+        folder = await sync_model(account, self.settings)
+        return self.settings.model_copy(
+            update={"model": str(folder), "variant": self.settings.resolved_variant}
+        )
+
+    # --- jobs ---
+    async def execute(self, job: Job) -> None:
+        """Run one job to the end. Never raises: a failure is recorded on the job, and the queue goes on."""
+        style: Style | None = None
+        try:
+            engine = await self.engine()
+            if job.cancel_requested:
+                raise GenerationCancelled
+            style = await anyio.to_thread.run_sync(self._prepare_style, engine, job)
+            job.status, job.started = "running", time.monotonic()
+            self.telemetry.job_started(job)
+            await save_records(self.store, job)
+            for index in range(job.images_done, len(job.image_ids)):  # a resumed job skips what is stored
+                await self._render_one(engine, job, index, style)
+            job.finish("done")
+        except GenerationCancelled:
+            job.finish("cancelled", "cancelled by the client")
+        except StyleRefused as exc:
+            if style is not None:
+                self.styles.refuse(style, exc.reason)  # list_styles stops offering it until it changes
+            log.warning("job %s: style refused: %s", job.id, exc)
+            self.telemetry.job_failed(job, exc)
+            job.finish("failed", f"style {job.spec.style!r} is refused: {exc}. The other styles still work.")
+        except StyleUnavailable as exc:
+            job.finish("failed", str(exc))
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            self.telemetry.job_failed(job, exc)
+            job.finish("failed", describe_failure(exc))
+            if self._engine is not None:
+                await anyio.to_thread.run_sync(self._engine.free_memory)
+        await save_records(self.store, job)
+        self.telemetry.job_finished(job)
+
+    def _prepare_style(self, engine: Engine, job: Job) -> Style | None:
+        """In a worker thread, before the job runs: pick up added, changed and removed styles, and get
+        this job's adapter file. A style whose weights changed since submit runs with the new ones, and
+        the record says so."""
+        view = self.styles.refresh()
+        engine.styles.retain(view.styles.values())  # unload the adapters of removed or changed styles
+        try:
+            style = view.resolve(job.spec.style)
+        except LookupError as exc:
+            raise StyleUnavailable(f"{exc} (it changed after this request was queued)") from exc
+        if style is None:
+            return None
+        style = self.styles.fetch(style)
+        if style.sha256 != job.spec.style_sha256:
+            job.spec = job.spec.model_copy(update={"style_sha256": style.sha256})
+        return style
+
+    async def _render_one(self, engine: Engine, job: Job, index: int, style: Style | None) -> None:
+        steps_before = index * job.spec.steps
+
+        def on_step(step: int) -> None:  # called from the engine's thread
+            job.steps_done = steps_before + step
+
+        image = await anyio.to_thread.run_sync(
+            engine.generate, job.spec, index, on_step, lambda: job.cancel_requested, style
+        )
+        record = finished_record(job, index, image.width, image.height, _versions())
+        fmt = images.FORMATS[job.spec.format]
+        data = await anyio.to_thread.run_sync(images.encode, image, fmt.name, record.parameters())
+        async with job.records_lock:
+            await self.store.save_image(data, fmt.mime_type, record)
+            job.images_done = index + 1
+
+
+def default_geometry(settings: Settings) -> tuple[int, int]:
+    """(side, multiple) of the rendered size before the model loads: HiDream renders about 1024²
+    (the demo model 64²), rounded down to multiples of 2 × its VAE factor."""
+    return (DEMO_RENDER_SIDE, 2) if settings.is_demo else (1024, 16)
+
+
+def _load_engine(settings: Settings) -> Engine:
+    from noisett_mcp.engine.pipeline import Engine  # torch is imported here, in a worker thread
+
+    return Engine(settings)
+
+
+def _versions() -> dict[str, str]:
+    from noisett_mcp.engine.pipeline import library_versions
+
+    return {"noisett_mcp": __version__, **library_versions()}
+
+
+def describe_failure(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if "out of memory" in text.lower():
+        return "the GPU ran out of memory; try fewer images, or set NOISETT_OFFLOAD or NOISETT_QUANTIZE"
+    return f"generation failed ({text[:300]})"
