@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 from mcp import Client
 from opentelemetry import trace
@@ -37,7 +36,7 @@ from noisett_mcp.schemas import GenerationRequest
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from noisett_mcp.telemetry import Telemetry, configure_logging
-from tests.support import free_port, serve_asgi
+from tests.support import free_port, serve_asgi, wait_healthy
 
 pytestmark = pytest.mark.anyio
 
@@ -258,14 +257,7 @@ async def test_connection_string_switches_on_azure_monitor_export(settings: Sett
         with log_file.open("wb") as log:
             server = await anyio.open_process(command, env=env, stderr=log)
             try:
-                async with httpx2.AsyncClient() as http:
-                    with anyio.fail_after(60):
-                        while True:
-                            try:
-                                if (await http.get(f"{base}/healthz")).status_code == 200:
-                                    break
-                            except httpx2.TransportError:
-                                await anyio.sleep(0.2)
+                await wait_healthy(base, timeout=60)
                 async with Client(f"{base}/mcp") as client:
                     result = await client.call_tool("generate_image", {"prompt": "exported", "steps": 2})
                 assert not result.is_error
