@@ -43,7 +43,7 @@ class Processes:
             "NOISETT_QUEUE": "azure",
             "NOISETT_QUEUE_NAME": f"jobs-{tag}",
             "NOISETT_QUEUE_VISIBILITY_SECONDS": "6",
-            "NOISETT_WAIT_SECONDS": "120",
+            "NOISETT_WAIT_SECONDS": "300",  # well past a loaded machine's time for these jobs
         }
         self.tmp_path = tmp_path
         self.procs: list[subprocess.Popen[bytes]] = []

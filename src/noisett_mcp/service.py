@@ -87,6 +87,7 @@ class Noisett:
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(None, None, None)
         self._tg = None
+        await self.queue.aclose()
         await self.store.aclose()
 
     @property

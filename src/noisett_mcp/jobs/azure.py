@@ -152,6 +152,9 @@ class AzureJobQueue:
         ahead = (self.position(job) or 0) * job.total_steps
         return self.timer.estimate(ahead + job.total_steps - job.steps_done)
 
+    async def aclose(self) -> None:
+        await self.client.close()
+
     async def run(self) -> None:
         """Follow the jobs submitted here through their records, and the queue's length. Each read has
         a deadline: one hung request must not stall every waiting client."""

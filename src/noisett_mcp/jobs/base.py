@@ -118,3 +118,6 @@ class JobQueue(Protocol):
 
     async def run(self) -> None:
         """The worker loop; runs until cancelled."""
+
+    async def aclose(self) -> None:
+        """Release what the queue holds open (an Azure client's connections)."""

@@ -83,6 +83,9 @@ class LocalJobQueue:
             steps += self._running.total_steps - self._running.steps_done
         return self.timer.estimate(steps)
 
+    async def aclose(self) -> None:
+        pass  # nothing held open
+
     async def run(self) -> None:
         while True:
             while not self._waiting:
