@@ -27,6 +27,7 @@ from transformers import (
     CLIPTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     T5Config,
     T5EncoderModel,
@@ -93,6 +94,16 @@ def _llama_tokenizer() -> PreTrainedTokenizerFast:
         eos_token="<|eot_id|>",
         model_max_length=131072,
     )
+
+
+def demo_tokenizers() -> dict[str, PreTrainedTokenizerBase]:
+    """The pipeline's four tokenizers, from generated vocabularies (also for full-size random models)."""
+    return {
+        "tokenizer": _clip_tokenizer(),
+        "tokenizer_2": _clip_tokenizer(),
+        "tokenizer_3": _t5_tokenizer(),
+        "tokenizer_4": _llama_tokenizer(),
+    }
 
 
 def build_demo_pipeline() -> HiDreamImagePipeline:
@@ -172,14 +183,11 @@ def build_demo_pipeline() -> HiDreamImagePipeline:
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=_clip_tokenizer(),
         text_encoder_2=text_encoder_2,
-        tokenizer_2=_clip_tokenizer(),
         text_encoder_3=text_encoder_3,
-        tokenizer_3=_t5_tokenizer(),
         text_encoder_4=text_encoder_4,
-        tokenizer_4=_llama_tokenizer(),
         transformer=transformer,
+        **demo_tokenizers(),
     )
 
 

@@ -55,18 +55,24 @@ def _device(setting: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def engine_dtype(device: str) -> torch.dtype:
+    """bf16 where the GPU has it; float32 on CPU, where bf16 is slow and lossy."""
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
 class Engine:
     """One loaded pipeline. `generate` must only be called from the single generation worker."""
 
     # Test hook: raised at the next denoising step, to exercise the real failure path of the worker.
     inject_failure: BaseException | None = None
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pipe: HiDreamImagePipeline | None = None) -> None:
+        """Load `settings.model`; or, given `pipe` (components built elsewhere, in `engine_dtype`), run
+        the same setup on it: the first-light benchmark's full-size random-weight pipeline does."""
         self.settings = settings
         self.device = _device(settings.device)
-        # bf16 where the GPU has it; float32 on CPU, where bf16 is slow and lossy.
-        self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.pipe = self._load()
+        self.dtype = engine_dtype(self.device)
+        self.pipe = self._place(pipe if pipe is not None else self._load())
         self.styles = StyleAdapters(self.pipe, settings.max_loaded_styles)
         vae_factor = self.pipe.vae_scale_factor
         self.info = EngineInfo(
@@ -96,16 +102,19 @@ class Engine:
             )
         log.info("loading %s on %s (%s)", source, self.device, self.dtype)
         pipe = HiDreamImagePipeline.from_pretrained(source, **kwargs)
-        if settings.offload == "model":
+        marker = folder / MARKER
+        if marker.is_file():  # the demo model renders small images
+            pipe.default_sample_size = json.loads(marker.read_text())["sample_size"]
+        return pipe
+
+    def _place(self, pipe: HiDreamImagePipeline) -> HiDreamImagePipeline:
+        if self.settings.offload == "model":
             pipe.enable_model_cpu_offload(device=self.device)
-        elif settings.offload == "sequential":
+        elif self.settings.offload == "sequential":
             pipe.enable_sequential_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
-        marker = folder / MARKER
-        if marker.is_file():  # the demo model renders small images
-            pipe.default_sample_size = json.loads(marker.read_text())["sample_size"]
         return pipe
 
     def _bnb_kwargs(self) -> dict[str, object]:
