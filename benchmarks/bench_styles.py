@@ -13,12 +13,10 @@ threads, their spin-waiting on a busy machine would count as work).
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import demo_settings, median, report
+from benchmarks.common import demo_settings, median, report, timed
 from noisett_mcp.engine.pipeline import Engine
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.catalog import StyleCatalog
@@ -43,13 +41,6 @@ def spec_for(style: Style) -> GenerationSpec:
         model="demo",
         variant="fast",
     )
-
-
-def timed(run: Callable[[], object]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    run()
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:

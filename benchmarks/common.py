@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from noisett_mcp.config import Settings
 from noisett_mcp.telemetry import configure_logging
 from tests.support import free_port, serve_asgi
 
-__all__ = ["demo_settings", "free_port", "median", "p99", "report", "serve_asgi"]
+__all__ = ["demo_settings", "free_port", "median", "p99", "report", "serve_asgi", "timed"]
 
 _CACHE = Path(tempfile.gettempdir()) / "noisett-bench-models"
 
@@ -44,3 +46,10 @@ def report(name: str, rows: list[tuple[str, str]], verdict: str) -> None:
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
     print(f"  -> {verdict}")
+
+
+def timed(run: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu

@@ -321,13 +321,19 @@ class Bench:
         }
 
     def batch(self) -> dict:
-        """count=4: one call with four generators against four single calls."""
-        seeds, steps = [SEED + i for i in range(4)], self.profile.variants["fast"][0]
-        self.plain_images(1, 0.0, seeds)  # warm up the batch-of-4 shapes
+        """count=4 through the engine: generate_batch (one call, a CPU generator per image) against four
+        generate calls, as NOISETT_BATCH=on and off render a request."""
+        steps, indices = self.profile.variants["fast"][0], [0, 1, 2, 3]
+        four = self.spec(steps, 0.0, [SEED + i for i in indices], None)
+
+        def render(spec: GenerationSpec, indices: list[int]) -> list[Image.Image]:
+            return self.engine.generate_batch(spec, indices, lambda step: None, lambda: False)
+
+        render(four.model_copy(update={"steps": 1}), indices)  # warm up the batch's shapes
         batched_images: list[Image.Image] = []
-        batched = self.timed(lambda: batched_images.extend(self.plain_images(steps, 0.0, seeds)))
-        alone: list[Image.Image] = []
-        singles = [self.timed(lambda s=s: alone.extend(self.plain_images(steps, 0.0, [s])))[0] for s in seeds]
+        batched = self.timed(lambda: batched_images.extend(render(four, indices)))
+        alone: list[Image.Image] = []  # one at a time: generate(spec, i) is generate_batch(spec, [i])
+        singles = [self.timed(lambda i=i: alone.extend(render(four, [i])))[0] for i in indices]
         diff = max(
             int(np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).max())
             for x, y in zip(batched_images, alone, strict=True)

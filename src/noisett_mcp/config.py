@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     offload: Offload = Field("none", description="CPU offload: `model` or `sequential` trade speed for VRAM.")
     quantize: Quantize = Field("none", description="Quantize transformer and Llama: `nf4` or `int8`.")
     preload: bool = Field(True, description="Load the model in the background after start.")
+    batch: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Render a request's images in one pipeline call (`on`) or one after another (`off`); "
+        "`auto` batches on CPU, where it measured faster, and not on CUDA until GPU figures show a gain.",
+    )
 
     # --- generation queue ---
     wait_seconds: float = Field(

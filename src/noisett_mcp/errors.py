@@ -8,6 +8,7 @@ NoisettError
 ├── QueueFull             busy: retry in N seconds
 ├── StorageUnavailable    the image store cannot be reached, or refused the request
 ├── GenerationCancelled   a job stopped at the next denoising step because its caller gave up
+├── BatchOutOfMemory      a request's images in one batch did not fit the GPU: render them one at a time
 ├── StyleRefused          a style that cannot be offered (bad manifest, adapter for another model)
 └── StyleUnavailable      a style that exists but cannot be used right now (a download failed)
 """
@@ -58,6 +59,14 @@ class StorageUnavailable(NoisettError):
 
 class GenerationCancelled(NoisettError):
     """Raised inside a job (by the engine's step callback): denoising stops at the next step."""
+
+
+class BatchOutOfMemory(NoisettError):
+    """The engine's signal to the job runner: the batch ran out of GPU memory, and batching is now off."""
+
+    def __init__(self, images: int) -> None:
+        super().__init__(f"{images} images in one batch ran out of GPU memory; render them one at a time")
+        self.images = images
 
 
 class StyleRefused(NoisettError):

@@ -43,3 +43,27 @@ async def test_progress_climbs_through_phases_then_reports_every_step() -> None:
 async def test_without_a_progress_token_nothing_is_sent() -> None:
     queue = LocalJobQueue(runner=None, max_queue=5)  # type: ignore[arg-type]
     await ProgressReporter(queue, make_job(), None).update()
+
+
+async def test_a_batch_reports_one_notification_per_denoising_step_of_all_its_images() -> None:
+    queue = LocalJobQueue(runner=None, max_queue=5)  # type: ignore[arg-type]
+    job = make_job(steps=2, count=4)
+    sent: list[tuple[float, str]] = []
+
+    async def report(progress: float, total: float, message: str) -> None:
+        sent.append((progress, message))
+
+    reporter = ProgressReporter(queue, job, report)
+    job.steps_done = 1  # image 1 alone, then images 2-4 in one batch (a resumed job, or a fallback)
+    await reporter.update()
+    job.steps_done = 2
+    await reporter.update()
+    job.batch = range(1, 4)
+    job.steps_done = 2 + 2 * 3  # both steps of the batch ran between two polls
+    await reporter.update()
+    assert sent == [
+        (1, "image 1/4, step 1/2"),
+        (2, "image 1/4, step 2/2"),
+        (5, "images 2–4/4, step 1/2"),
+        (8, "images 2–4/4, step 2/2"),
+    ]

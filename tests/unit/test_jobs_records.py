@@ -25,3 +25,13 @@ def test_a_record_carries_the_seed_of_its_image_and_parameters_leave_out_job_sta
     parameters = final.parameters()
     assert not {"status", "progress", "error", "steps_done", "uri"} & set(parameters)
     assert parameters["seed"] == 1 and parameters["versions"] == {"torch": "x"}
+
+
+def test_the_images_of_a_batch_advance_together_and_the_record_says_which_render_together() -> None:
+    job = make_job(steps=4, count=4)
+    job.images_done, job.batch = 1, range(1, 4)  # image 0 was stored; images 1-3 render in one call
+    job.steps_done = 4 + 2 * 3  # two denoising steps of the batch: each of its images has 2 of 4
+    assert [image_progress(job, i) for i in range(4)] == [1.0, 2 / 5, 2 / 5, 2 / 5]
+    assert (
+        image_record(job, 2).batch == [1, 4] and "batch" not in finished_record(job, 2, 8, 8, {}).parameters()
+    )

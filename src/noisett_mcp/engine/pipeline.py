@@ -1,4 +1,4 @@
-"""Load the HiDream diffusers pipeline once and run one image at a time.
+"""Load the HiDream diffusers pipeline once and render a request's images, in one batch or one at a time.
 
 Everything here is synchronous and runs in the generation worker's thread, never on the event loop.
 """
@@ -21,7 +21,7 @@ from PIL import Image
 from noisett_mcp.config import Settings
 from noisett_mcp.engine.adapters import StyleAdapters
 from noisett_mcp.engine.demo import MARKER, write_demo_model
-from noisett_mcp.errors import GenerationCancelled
+from noisett_mcp.errors import BatchOutOfMemory, GenerationCancelled
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.manifest import Style
 
@@ -74,6 +74,8 @@ class Engine:
         self.dtype = engine_dtype(self.device)
         self.pipe = self._place(pipe if pipe is not None else self._load())
         self.styles = StyleAdapters(self.pipe, settings.max_loaded_styles)
+        # The images of one request in one pipeline call (generate_batch), or one after another.
+        self.batching = settings.batch == "on" or (settings.batch == "auto" and self.device == "cpu")
         vae_factor = self.pipe.vae_scale_factor
         self.info = EngineInfo(
             device=self.device,
@@ -150,8 +152,22 @@ class Engine:
         cancelled: Callable[[], bool],
         style: Style | None = None,
     ) -> Image.Image:
-        """Render image `index` of `spec`. `on_step(n)` is called after each of the n denoising steps.
-        `style` is spec.style's adapter (None for the base style); raise StyleRefused if it is unusable."""
+        """Render image `index` of `spec` alone (see generate_batch)."""
+        return self.generate_batch(spec, [index], on_step, cancelled, style)[0]
+
+    def generate_batch(
+        self,
+        spec: GenerationSpec,
+        indices: list[int],
+        on_step: Callable[[int], None],
+        cancelled: Callable[[], bool],
+        style: Style | None = None,
+    ) -> list[Image.Image]:
+        """Render images `indices` of `spec` in one pipeline call: the prompt is encoded once, and each
+        denoising step runs all their latents together. `on_step(n)` is called after each of the n
+        steps. `style` is spec.style's adapter (None for the base style); raise StyleRefused if it is
+        unusable. On CUDA out of memory with several images, batching stays off for this process and
+        BatchOutOfMemory asks the caller to render them one at a time."""
         if cancelled():
             raise GenerationCancelled
         running = (style.name, style.sha256) if style else ("none", None)
@@ -167,22 +183,36 @@ class Engine:
             on_step(step + 1)
             return {}
 
-        # Noise from a CPU generator seeded per image: the same seed gives the same image on any device.
-        generator = torch.Generator("cpu").manual_seed(spec.seeds[index])
+        # Noise from a CPU generator seeded per image: the same seed gives the same image on any device,
+        # and in a batch (the pipeline draws each image's latents from its own generator).
+        generators = [torch.Generator("cpu").manual_seed(spec.seeds[index]) for index in indices]
         # Right before the run, in the worker: this request's adapter and no other.
         self.styles.activate(style, spec.style_strength)
-        result = self.pipe(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt or None,
-            width=spec.width,
-            height=spec.height,
-            num_inference_steps=spec.steps,
-            guidance_scale=spec.guidance,
-            generator=generator,
-            callback_on_step_end=step_end,
-            output_type="pil",
-        )
-        return result.images[0]
+        try:
+            result = self.pipe(
+                prompt=spec.prompt,
+                negative_prompt=spec.negative_prompt or None,
+                width=spec.width,
+                height=spec.height,
+                num_inference_steps=spec.steps,
+                guidance_scale=spec.guidance,
+                num_images_per_prompt=len(indices),
+                generator=generators if len(indices) > 1 else generators[0],
+                callback_on_step_end=step_end,
+                output_type="pil",
+            )
+        except torch.OutOfMemoryError as exc:
+            if len(indices) == 1:
+                raise
+            self.batching = False
+            log.warning(
+                "%d images in one batch ran out of GPU memory: this process renders one image at a time "
+                "from now on (NOISETT_BATCH=off skips the attempt)",
+                len(indices),
+            )
+            self.free_memory()
+            raise BatchOutOfMemory(len(indices)) from exc
+        return list(result.images)
 
     def free_memory(self) -> None:
         """After a failure (CUDA out of memory above all), give the allocator's cache back."""

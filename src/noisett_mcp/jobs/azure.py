@@ -205,7 +205,8 @@ class AzureJobQueue:
             return
         statuses = [r.status for r in records]
         job.images_done = sum(1 for s in statuses if s == "done")
-        job.steps_done = max(r.steps_done for r in records)
+        latest = max(records, key=lambda r: r.steps_done)
+        job.steps_done, job.batch = latest.steps_done, range(*latest.batch) if latest.batch else range(0)
         if "running" in statuses and job.status == "queued":
             job.status, job.started = "running", time.monotonic()
         if all(s in FINISHED for s in statuses):

@@ -22,15 +22,16 @@ if TYPE_CHECKING:
 
 @dataclass(eq=False)
 class Job:
-    """One generate_image request: `count` images rendered one after another."""
+    """One generate_image request: `count` images, rendered in one batch or one after another."""
 
     id: str
     spec: GenerationSpec
     image_ids: list[str]
     owner: str = LOCAL_OWNER
     status: Status = "queued"
-    steps_done: int = 0  # over all images; written by the worker thread
+    steps_done: int = 0  # image-steps over all images (a step of a batch of k counts k); worker thread
     images_done: int = 0
+    batch: range = range(0)  # the images rendering together in one pipeline call now, if any
     error: str | None = None
     created: float = field(default_factory=time.monotonic)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))

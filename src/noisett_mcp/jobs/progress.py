@@ -31,7 +31,7 @@ class ProgressReporter:
                 await self.report(1 - 1 / (self.phases_reported + 1), job.total_steps, phase)
             return
         while self.steps_reported < job.steps_done:
-            self.steps_reported += 1
+            self.steps_reported = min(self.next_step(self.steps_reported), job.steps_done)
             await self.report(self.steps_reported, job.total_steps, self.step_message(self.steps_reported))
 
     def phase(self) -> str:
@@ -41,7 +41,18 @@ class ProgressReporter:
         runner = self.queue.runner
         return "loading the model" if runner and runner.engine_state == "loading" else "starting"
 
+    def next_step(self, reported: int) -> int:
+        """The image-step count after the next denoising step: a step of a batch of k advances it by k."""
+        batch, per_image = self.job.batch, self.job.spec.steps
+        start = batch.start * per_image
+        if batch and reported >= start:
+            return start + ((reported - start) // len(batch) + 1) * len(batch)
+        return reported + 1
+
     def step_message(self, steps: int) -> str:
-        per_image = self.job.spec.steps
+        per_image, count, batch = self.job.spec.steps, len(self.job.image_ids), self.job.batch
+        if batch and steps > batch.start * per_image:
+            step = -(-(steps - batch.start * per_image) // len(batch))  # rounded up
+            return f"images {batch.start + 1}–{batch.stop}/{count}, step {step}/{per_image}"
         image, step = divmod(steps - 1, per_image)
-        return f"image {image + 1}/{len(self.job.image_ids)}, step {step + 1}/{per_image}"
+        return f"image {image + 1}/{count}, step {step + 1}/{per_image}"

@@ -14,8 +14,12 @@ def image_progress(job: Job, index: int) -> float:
     1.0 means stored."""
     if job.image_status(index) == "done":
         return 1.0
-    own = min(max(job.steps_done - index * job.spec.steps, 0), job.spec.steps)
-    return own / (job.spec.steps + 1)
+    steps = job.spec.steps
+    if index in job.batch:  # the batch's images advance together, one step each per denoising step
+        own = (job.steps_done - job.batch.start * steps) // len(job.batch)
+    else:
+        own = job.steps_done - index * steps
+    return min(max(own, 0), steps) / (steps + 1)
 
 
 def image_record(job: Job, index: int) -> ImageRecord:
@@ -31,6 +35,7 @@ def image_record(job: Job, index: int) -> ImageRecord:
         status=job.image_status(index),
         error=job.error,
         steps_done=job.steps_done,
+        batch=[job.batch.start, job.batch.stop] if job.batch else [],
         progress=image_progress(job, index),
         seed=spec.seeds[index],
         **spec.model_dump(exclude={"seeds"}),

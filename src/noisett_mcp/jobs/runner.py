@@ -16,7 +16,13 @@ from anyio.abc import TaskGroup
 
 from noisett_mcp import __version__, images
 from noisett_mcp.config import Settings
-from noisett_mcp.errors import GenerationCancelled, StyleRefused, StyleUnavailable, needs_azure_storage
+from noisett_mcp.errors import (
+    BatchOutOfMemory,
+    GenerationCancelled,
+    StyleRefused,
+    StyleUnavailable,
+    needs_azure_storage,
+)
 from noisett_mcp.jobs.base import Job
 from noisett_mcp.jobs.records import finished_record, save_records
 from noisett_mcp.schemas import DEMO_RENDER_SIDE
@@ -127,8 +133,7 @@ class JobRunner:
             job.status, job.started = "running", time.monotonic()
             self.telemetry.job_started(job)
             await save_records(self.store, job)
-            for index in range(job.images_done, len(job.image_ids)):  # a resumed job skips what is stored
-                await self._render_one(engine, job, index, style)
+            await self._render(engine, job, style)
             job.finish("done")
         except GenerationCancelled:
             job.finish("cancelled", "cancelled by the client")
@@ -166,21 +171,41 @@ class JobRunner:
             job.spec = job.spec.model_copy(update={"style_sha256": style.sha256})
         return style
 
-    async def _render_one(self, engine: Engine, job: Job, index: int, style: Style | None) -> None:
-        steps_before = index * job.spec.steps
+    async def _render(self, engine: Engine, job: Job, style: Style | None) -> None:
+        missing = list(range(job.images_done, len(job.image_ids)))  # a resumed job skips what is stored
+        if len(missing) > 1 and engine.batching:
+            try:
+                await self._render_batch(engine, job, missing, style)
+                return
+            except BatchOutOfMemory:
+                # Back to the batch's start; steps already reported stay so (progress never goes back).
+                job.steps_done = missing[0] * job.spec.steps
+                log.warning("job %s: rendering its %d images one at a time", job.id, len(missing))
+        for index in missing:
+            await self._render_batch(engine, job, [index], style)
+
+    async def _render_batch(self, engine: Engine, job: Job, indices: list[int], style: Style | None) -> None:
+        """Images `indices` (consecutive) in one pipeline call, then stored in order."""
+        steps_before = indices[0] * job.spec.steps
 
         def on_step(step: int) -> None:  # called from the engine's thread
-            job.steps_done = steps_before + step
+            job.steps_done = steps_before + step * len(indices)
 
-        image = await anyio.to_thread.run_sync(
-            engine.generate, job.spec, index, on_step, lambda: job.cancel_requested, style
-        )
-        record = finished_record(job, index, image.width, image.height, _versions())
-        fmt = images.FORMATS[job.spec.format]
-        data = await anyio.to_thread.run_sync(images.encode, image, fmt.name, record.parameters())
-        async with job.records_lock:
-            await self.store.save_image(data, fmt.mime_type, record)
-            job.images_done = index + 1
+        # Set until the batch is stored, so that progress read meanwhile still counts batch steps.
+        job.batch = range(indices[0], indices[-1] + 1) if len(indices) > 1 else range(0)
+        try:
+            rendered = await anyio.to_thread.run_sync(
+                engine.generate_batch, job.spec, indices, on_step, lambda: job.cancel_requested, style
+            )
+            for index, image in zip(indices, rendered, strict=True):
+                record = finished_record(job, index, image.width, image.height, _versions())
+                fmt = images.FORMATS[job.spec.format]
+                data = await anyio.to_thread.run_sync(images.encode, image, fmt.name, record.parameters())
+                async with job.records_lock:
+                    await self.store.save_image(data, fmt.mime_type, record)
+                    job.images_done = index + 1
+        finally:
+            job.batch = range(0)
 
 
 def default_geometry(settings: Settings) -> tuple[int, int]:

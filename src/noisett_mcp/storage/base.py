@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from noisett_mcp.errors import InvalidImageId
 from noisett_mcp.schemas import ImageInfo, is_image_id
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from noisett_mcp.storage.blob import BlobAccount
 
 # Job state: changes while the job runs, so it is not part of an image's parameters.
-JOB_STATE_FIELDS = frozenset({"status", "progress", "error", "steps_done"})
+JOB_STATE_FIELDS = frozenset({"status", "progress", "error", "steps_done", "batch"})
 
 
 def check_image_id(value: object) -> str:
@@ -39,6 +39,8 @@ class ImageRecord(ImageInfo):
     index: int
     owner: str
     steps_done: int = 0  # job-wide: a front follows a worker's progress by it
+    # Job-wide: [first, stop) of the images rendering together in one batch now, if any.
+    batch: list[int] = Field(default_factory=list)
     created_at: str
     finished_at: str | None = None
     versions: dict[str, str] | None = None
