@@ -8,8 +8,10 @@ int8 and NF4 quantization where bitsandbytes is importable. It prints one table 
 `first_light.json` to $OUT (or --out), after every section, so a cut-off run still leaves its figures.
 
     python benchmarks/gpu/first_light.py [--dry-run] [--out DIR] [--budget S] [--started EPOCH]
+                                         [--only fast,dev,full,lora,batch,nf4,int8]
 
-`--dry-run` runs the same code on the demo model's tiny shapes on the CPU, in seconds (CI runs it).
+`--dry-run` runs the same code on the demo model's tiny shapes on the CPU, in about a minute (CI
+runs it: tests/test_first_light.py).
 benchmarks/gpu/README.md says what to carry to a GPU machine and the exact command.
 """
 
@@ -28,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1] / "src")]  # the repo's src travels; no install needed
 
 NEEDED = ("torch", "diffusers", "transformers", "peft", "accelerate", "pydantic", "pydantic_settings")
+# build and calibrate always run; these can be chosen with --only (a second run for what the first skipped).
+SECTIONS = ("fast", "dev", "full", "lora", "batch", "nf4", "int8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for first_light.json (default $OUT)")
     parser.add_argument("--budget", type=float, default=None, help="seconds, from --started (GPU: 450)")
     parser.add_argument("--started", type=float, default=None, help="epoch seconds the command started")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated sections to run (of {', '.join(SECTIONS)}); default all"
+    )
     args = parser.parse_args(argv)
+    only = {name for name in args.only.split(",") if name}
+    if only - set(SECTIONS):
+        parser.error(f"unknown sections {sorted(only - set(SECTIONS))}: choose from {', '.join(SECTIONS)}")
     missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
     if missing:
         print(f"missing packages: {', '.join(missing)}; carry their wheels (benchmarks/gpu/README.md)")
@@ -50,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if profile.device == "cuda" and not torch_has_cuda():
         print("no CUDA device: run with --dry-run on a CPU")
         return 2
-    bench = Bench(profile, out, deadline=started + budget)
+    bench = Bench(profile, out, deadline=started + budget, only=only)
     bench.run()
     print_table(bench.results)
     print(f"\nwrote {bench.json_path} ({time.time() - started:.0f} s since the command started)")

@@ -99,8 +99,8 @@ def _stats(seconds: list[float]) -> dict[str, float]:
 
 
 class Bench:
-    def __init__(self, profile: Profile, out: Path, deadline: float) -> None:
-        self.profile, self.deadline = profile, deadline
+    def __init__(self, profile: Profile, out: Path, deadline: float, only: set[str] | None = None) -> None:
+        self.profile, self.deadline, self.only = profile, deadline, only or set()
         self.cuda = profile.device.startswith("cuda")
         out.mkdir(parents=True, exist_ok=True)
         self.json_path = out / "first_light.json"
@@ -124,8 +124,8 @@ class Bench:
         for mode in ("nf4", "int8"):
             if importlib.util.find_spec("bitsandbytes") is None:
                 self.results["skipped"][mode] = "bitsandbytes is not installed (carry its wheel)"
-                continue
-            self.section(mode, lambda m=mode: self.quantized(m), lambda m=mode: self.quantized_cost(m))
+            else:
+                self.section(mode, lambda m=mode: self.quantized(m), lambda m=mode: self.quantized_cost(m))
         self.save()
 
     def save(self) -> None:
@@ -133,7 +133,9 @@ class Bench:
 
     def section(self, name: str, run: Callable[[], dict], estimate: Callable[[], float]) -> None:
         needed, left = estimate(), self.deadline - time.time()
-        if needed > left:
+        if self.only and name not in self.only | {"build", "calibrate"}:
+            self.results["skipped"][name] = "not asked for (--only)"
+        elif needed > left:
             self.results["skipped"][name] = f"needs about {needed:.0f} s, {left:.0f} s left"
         else:
             started = time.time()
