@@ -245,7 +245,7 @@ class Bench:
         three = self.timed(lambda: self.plain_images(3, 0.0, [SEED]))[0]
         self.plain_images(1, 5.0, [SEED])  # the CFG shapes
         self.engine_image(1, 0.0)  # and the engine's own path
-        self.b = max((three - one) / 2, 1e-4)
+        self.b = max((three - one) / 2, one / 8)  # a floor, in case a busy machine made 3 steps look cheap
         self.a = max(one - self.b, 0.0)
         return {"fixed_s": round(self.a, 3), "per_step_s": round(self.b, 4)}
 
@@ -278,7 +278,8 @@ class Bench:
 
     def more_pairs(self) -> None:
         """Spend the time the quantization sections will not need on more pairs, round-robin."""
-        reserve = self.quantized_cost("nf4") + self.quantized_cost("int8")
+        coming = [m for m in ("nf4", "int8") if self.will_quantize(m)]
+        reserve = sum(self.quantized_cost(mode) for mode in coming)
         for _ in range(self.profile.max_reps - 1):
             for variant in self.profile.variants:
                 if (
@@ -349,7 +350,11 @@ class Bench:
             "max_pixel_difference_batched_vs_alone": diff,
         }
 
-    def quantized_cost(self, mode: str = "int8") -> float:
+    def will_quantize(self, mode: str) -> bool:
+        installed = importlib.util.find_spec("bitsandbytes") is not None
+        return installed and (not self.only or mode in self.only)
+
+    def quantized_cost(self, mode: str) -> float:
         slower = {"nf4": 2.0, "int8": 3.0}[mode]  # guesses: bitsandbytes kernels are slower than bf16
         fast = self.cost(self.profile.variants["fast"][0], 0.0)
         return self.profile.fixed_s + self.cost(1, 0.0) + slower * fast
