@@ -17,6 +17,7 @@ from mcp import Client
 
 from tests.azurite import Azurite, running_azurite, skip_without_azurite
 from tests.support import free_port, poll_until, wait_healthy
+from tests.test_cancel_http import HEADERS, Call, _post_cancel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -244,3 +245,28 @@ async def test_front_answers_at_once_without_workers_and_jobs_wait_for_one(proce
             return got.structured_content is not None and got.structured_content["image"]["status"] == "done"
 
         await poll_until(done, timeout=240, interval=0.2)
+
+
+async def test_a_cancel_on_another_front_stops_the_job_on_the_worker(processes: Processes) -> None:
+    (_, front), (_, other_front) = processes.front(), processes.front()
+    _, worker = processes.worker()
+    await wait_healthy(worker, status="ready")
+    await wait_healthy(front)
+    await wait_healthy(other_front)
+
+    def steps_seen() -> float:
+        notes = [e["params"] for e in call.events if e.get("method") == "notifications/progress"]
+        return max((note["progress"] for note in notes), default=0)
+
+    call = Call()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call.run, front, 77, HEADERS)
+        await poll_until(lambda: steps_seen() >= 2, timeout=120, interval=0.1)
+        assert await _post_cancel(other_front, 77, HEADERS) == 202
+        await poll_until(lambda: call.result is not None, timeout=60, interval=0.2)
+    # The worker checks the cancel each second and stops at its next step: far short of 400 steps.
+    assert steps_seen() < 200
+    result = call.result
+    assert result is not None and result["result"]["isError"]
+    assert "cancelled" in result["result"]["content"][0]["text"]
+    assert (await wait_healthy(worker))["job"] is None

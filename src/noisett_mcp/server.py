@@ -6,15 +6,17 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+from mcp import MCPError
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.types import INVALID_PARAMS
 from pydantic import ValidationError
 
 from noisett_mcp import __version__, images
 from noisett_mcp.audit import audit_requests
 from noisett_mcp.service import Noisett
-from noisett_mcp.tools import generate, get_image, resources, styles
+from noisett_mcp.tools import generate, get_image, prompts, resources, styles
 
 INSTRUCTIONS = """\
 Noisett makes images on the company's own GPU, in brand styles.
@@ -50,6 +52,22 @@ class NoisettMCP(MCPServer):
             )
             raise ToolError(f"Invalid arguments for {name}: {problems}.") from exc.__cause__
 
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Any = None
+    ) -> Any:
+        """An unknown prompt or a bad argument is the caller's mistake (-32602), said plainly; the SDK
+        would answer it as an internal error."""
+        known = sorted(prompt.name for prompt in self._prompt_manager.list_prompts())
+        if name not in known:
+            raise MCPError(INVALID_PARAMS, f"no prompt named {name!r}; the prompts are {', '.join(known)}")
+        try:
+            return await super().get_prompt(name, arguments, context)
+        except ValueError as exc:  # the SDK wraps a failed render twice: the first cause says what was wrong
+            cause: BaseException = exc
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            raise MCPError(INVALID_PARAMS, f"prompt {name}: {cause}") from exc
+
 
 def _mime_type(content: str | bytes) -> str:
     return "application/json" if isinstance(content, str) else images.sniff_mime_type(content)
@@ -75,6 +93,6 @@ def build_server(service: Noisett) -> MCPServer:
 
     mcp.middleware.append(preload_after_tool_listing)
     mcp.middleware.append(audit_requests)
-    for module in (generate, styles, get_image, resources):
+    for module in (generate, styles, get_image, resources, prompts):
         module.register(mcp, service)
     return mcp

@@ -18,6 +18,7 @@ from noisett_mcp.auth.caller import LOCAL_OWNER
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import ImageNotFound, RequestError
 from noisett_mcp.jobs import Job, JobQueue, JobRunner, open_queue
+from noisett_mcp.jobs.calls import Calls
 from noisett_mcp.jobs.progress import ProgressFn, ProgressReporter
 from noisett_mcp.jobs.records import image_progress, save_records
 from noisett_mcp.jobs.runner import default_geometry
@@ -67,6 +68,7 @@ class Noisett:
         self.styles = StyleCatalog(settings)
         self.queue: JobQueue = open_queue(settings, self.store, self.styles, self.telemetry)
         self.telemetry.observe_queue(self.queue)
+        self.calls = Calls(self.queue, self.store)  # the calls in flight, for a client's cancel
         self._jobs: dict[str, Job] = {}  # by image id, while this process knows the job
         self._tg: TaskGroup | None = None
 

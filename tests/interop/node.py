@@ -31,12 +31,15 @@ def node_env() -> dict[str, str]:
 
 
 def server_env(tmp_path: Path, model_cache: Path) -> dict[str, str]:
-    """The environment for a Noisett server process under test: the demo model, a data folder of its own."""
+    """The environment for a Noisett server process under test: the demo model, a data folder of its
+    own, and a long wait, so that a first call that loads the model on a busy machine still returns
+    its image rather than a handle."""
     return {
         **os.environ,
         "NOISETT_MODEL": "demo",
         "NOISETT_DATA_DIR": str(tmp_path / "data"),
         "MODEL_CACHE_DIR": str(model_cache),
+        "NOISETT_WAIT_SECONDS": "240",
     }
 
 

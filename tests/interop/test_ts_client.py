@@ -63,14 +63,6 @@ def _check_abort(report: dict[str, Any]) -> None:
     )
 
 
-def _check_abort_is_still_ignored(report: dict[str, Any]) -> None:
-    """Over stateless HTTP the cancel notification reaches a transport that does not know the request
-    (issue 12): this records the bug until the fix lands, and fails once it works."""
-    with pytest.raises(AssertionError):
-        _check_abort(report)
-    pytest.xfail("issue 12: notifications/cancelled over stateless HTTP does not stop the job yet")
-
-
 async def test_ts_sdk_over_stdio(tmp_path: Path, model_cache: Path) -> None:
     report = await run_client(
         {
@@ -91,7 +83,7 @@ async def test_ts_sdk_over_streamable_http(tmp_path: Path, model_cache: Path) ->
             {"transport": "http", "url": f"{base}/mcp", "dataDir": str(tmp_path / "data")}
         )
     _check_calls(report)
-    _check_abort_is_still_ignored(report)
+    _check_abort(report)
 
 
 async def test_mcp_remote_bridges_stdio_to_http(tmp_path: Path, model_cache: Path) -> None:
@@ -105,4 +97,4 @@ async def test_mcp_remote_bridges_stdio_to_http(tmp_path: Path, model_cache: Pat
             }
         )
     _check_calls(report)
-    _check_abort_is_still_ignored(report)
+    _check_abort(report)

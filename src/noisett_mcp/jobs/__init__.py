@@ -6,6 +6,7 @@
 - runner.py: renders a job on the engine; records.py: how a job's state is written to the store;
   progress.py: a job's state as MCP progress notifications.
 - worker.py: `noisett-mcp worker`, a GPU worker on the Azure queue.
+- calls.py: which job an MCP request started, so that a client's cancel reaches it from any front.
 """
 
 from __future__ import annotations

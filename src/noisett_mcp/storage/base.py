@@ -63,9 +63,11 @@ class ImageRecord(ImageInfo):
 
 
 class JobControl(BaseModel):
-    """Instructions for a job that runs elsewhere; the worker reads them while it renders."""
+    """Instructions for a job that runs elsewhere; the worker reads them while it renders. Under a call's
+    key (jobs/calls.py) instead of a job id, the record points at the job that call started."""
 
     cancel: bool = False
+    job_id: str | None = None
 
 
 @dataclass(frozen=True)

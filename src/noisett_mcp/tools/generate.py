@@ -78,7 +78,10 @@ def register(mcp: MCPServer, service: Noisett) -> None:
         except NoisettError as exc:
             raise ToolError(str(exc)) from exc
         if wait:
-            await service.wait(job, service.settings.wait_seconds, ctx.report_progress)
+            # Tracked while it waits: a cancel notification that reaches another transport (stateless
+            # HTTP) or another front finds the job by caller and request id (jobs/calls.py).
+            async with service.calls.track(owner, ctx.request_id, job):
+                await service.wait(job, service.settings.wait_seconds, ctx.report_progress)
         views = [await service.view(image_id, owner) for image_id in job.image_ids]
         return await generation_result(service, views)
 
