@@ -42,10 +42,30 @@ def jwks(key: SigningKey) -> Iterator[JwksServer]:
         yield server
 
 
-def _call(request_id: int | str) -> dict[str, Any]:
+# The 2026-07-28 stateless revision: every request says its version and capabilities, and names its
+# method (and tool) in headers too.
+MODERN = "2026-07-28"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def _call(request_id: int | str, version: str = "2025-11-25") -> dict[str, Any]:
     arguments = {"prompt": "a long job", "steps": 100, "count": 4}
-    params = {"name": "generate_image", "arguments": arguments, "_meta": {"progressToken": "p"}}
+    meta = {"progressToken": "p"} | (MODERN_META if version == MODERN else {})
+    params = {"name": "generate_image", "arguments": arguments, "_meta": meta}
     return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+
+
+def _headers(version: str, method: str, name: str | None = None) -> dict[str, str]:
+    if version != MODERN:
+        return HEADERS
+    return (
+        HEADERS
+        | {"MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+        | ({"Mcp-Name": name} if name else {})
+    )
 
 
 def _cancel(request_id: int | str) -> dict[str, Any]:
@@ -62,10 +82,13 @@ class Call:
     def result(self) -> dict[str, Any] | None:
         return next((event for event in self.events if "id" in event), None)
 
-    async def run(self, base: str, request_id: int | str, headers: dict[str, str]) -> None:
+    async def run(
+        self, base: str, request_id: int | str, headers: dict[str, str], version: str = "2025-11-25"
+    ) -> None:
+        body = _call(request_id, version)
         async with (
             httpx2.AsyncClient(timeout=120) as http,
-            http.stream("POST", f"{base}/mcp", json=_call(request_id), headers=headers) as response,
+            http.stream("POST", f"{base}/mcp", json=body, headers=headers) as response,
         ):
             async for line in response.aiter_lines():
                 if line.startswith("data: "):
@@ -84,13 +107,14 @@ async def _running(service: Noisett, steps: int = 2) -> Job:
     return job
 
 
-async def test_a_cancel_notification_stops_the_job_at_its_next_step(settings: Settings) -> None:
+@pytest.mark.parametrize("version", ["2025-11-25", MODERN])
+async def test_a_cancel_notification_stops_the_job_at_its_next_step(settings: Settings, version: str) -> None:
     service = Noisett(settings)
     async with serve_asgi(create_app(service)) as base, anyio.create_task_group() as tg:
         call = Call()
-        tg.start_soon(call.run, base, 77, HEADERS)
+        tg.start_soon(call.run, base, 77, _headers(version, "tools/call", "generate_image"), version)
         job = await _running(service)
-        assert await _post_cancel(base, 77, HEADERS) == 202
+        assert await _post_cancel(base, 77, _headers(version, "notifications/cancelled")) == 202
         steps_at_cancel = job.steps_done
         await poll_until(lambda: call.result is not None, timeout=30)
     assert job.status == "cancelled"

@@ -21,12 +21,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
+
+from noisett_mcp.errors import StorageUnavailable
 from noisett_mcp.jobs.base import Job, JobQueue
 from noisett_mcp.storage.base import ImageStore, JobControl
 
 log = logging.getLogger(__name__)
 
 RequestId = str | int
+POINTER_DEADLINE_SECONDS = 5.0
 
 
 def call_key(owner: str, request_id: RequestId) -> str:
@@ -50,7 +54,7 @@ class Calls:
         self._live.setdefault(key, []).append(job)
         shared = self.queue.durable  # fronts apart from the workers: tell the other fronts too
         if shared:
-            await self.store.save_control(key, JobControl(job_id=job.id))
+            await self._point(key, job.id)
         try:
             yield
         finally:
@@ -59,7 +63,8 @@ class Calls:
             if not jobs:
                 del self._live[key]
             if shared:  # the request is over: a late cancel must not reach the job
-                await self.store.save_control(key, JobControl())
+                with anyio.CancelScope(shield=True):  # also when the client went away
+                    await self._point(key, None)
 
     async def cancel(self, owner: str, request_id: RequestId) -> bool:
         """Stop the job of the caller's call with this id at its next step; False if none is known.
@@ -82,3 +87,12 @@ class Calls:
             return False
         await self.store.save_control(pointer.job_id, JobControl(cancel=True))
         return True
+
+    async def _point(self, key: str, job_id: str | None) -> None:
+        """Write a call's pointer. Storage that is away costs only the cancel from other fronts: the
+        call itself goes on."""
+        with anyio.move_on_after(POINTER_DEADLINE_SECONDS):
+            try:
+                await self.store.save_control(key, JobControl(job_id=job_id))
+            except StorageUnavailable as exc:
+                log.warning("call pointer not written (a cancel via another front cannot find it): %s", exc)
