@@ -45,8 +45,9 @@ def _check_calls(report: dict[str, Any]) -> None:
 
 def _check_abort(report: dict[str, Any]) -> None:
     """The aborted job stopped: its images end `cancelled`, and the next short job's first step came
-    about as soon as it does alone. The slack is generous (2 s more than the job alone): an ignored
-    cancel makes the next job wait out the rest of a 4×100-step job, and come back `queued`."""
+    about as soon as it does alone. The slack is generous (5 s, or twice the time alone, more than the
+    job alone: a busy CI machine varies that much); an ignored cancel makes the next job wait out the
+    rest of a 4×100-step job."""
     abort, alone = report["abort"], report["alone"]
     print(
         f"{report['transport']}: first step alone {alone['first_step_s']:.2f} s, "
@@ -57,7 +58,7 @@ def _check_abort(report: dict[str, Any]) -> None:
     assert all("cancelled" in text for text in abort["image_texts"]), abort["image_texts"]
     assert not abort["next_is_error"] and abort["next_status"] == "done"
     waited = abort["cancel_to_first_step_s"]
-    assert waited < alone["first_step_s"] + 2.0, (
+    assert waited < alone["first_step_s"] + max(5.0, 2 * alone["first_step_s"]), (
         f"after the abort the next job's first step came {waited:.2f} s later; "
         f"alone it comes after {alone['first_step_s']:.2f} s"
     )
