@@ -98,7 +98,7 @@ try {
     () => window.host.openApp("generate_image", {
       prompt: "a lighthouse on a cliff at dusk, flat brand colours",
       count: 2,
-      steps: 12,
+      steps: 8,
       wait: false,
     }),
   );
@@ -165,7 +165,7 @@ try {
   );
   check(more.from === `app-${first}` && more.arguments.count === 2 && more.arguments.seed === undefined,
         `new seeds, same count (${JSON.stringify(more.arguments)})`);
-  check(more.arguments.prompt.startsWith("a lighthouse") && more.arguments.steps === 12, "same prompt and steps");
+  check(more.arguments.prompt.startsWith("a lighthouse") && more.arguments.steps === 8, "same prompt and steps");
   // The README's picture: one request done, the next one rendering.
   const frameElement = page.locator(`iframe[name="app-${first}"]`);
   await until("the new request rendering", async () =>
