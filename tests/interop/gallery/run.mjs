@@ -194,6 +194,13 @@ try {
   const calls = await page.evaluate(() => window.host.log.calls);
   check(calls.some((call) => call.name === "list_styles" && call.from.startsWith("app-")), "list_styles via the host");
 
+  step("get_image opens the same gallery for an image collected later");
+  const later = await page.evaluate((id) => window.host.openApp("get_image", { image_id: id }), firstIds[0]);
+  const laterApp = page.frameLocator(`iframe[name="app-${later}"]`);
+  await until("the collected image", async () => (await laterApp.locator('.card[data-status="done"] .thumb img').count()) === 1);
+  check((await laterApp.locator(".card").getAttribute("data-image-id")) === firstIds[0], "the same image");
+  check((await laterApp.locator(".card .meta").textContent()).includes(`seed ${pinnedSeed}`), "its seed");
+
   step("the host's dark theme");
   await page.evaluate(() => window.host.setTheme("dark"));
   const dark = await until("the dark theme", async () => {
