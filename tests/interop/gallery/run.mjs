@@ -2,7 +2,8 @@
 // real server and this script clicks through it like a person. Run by tests/interop/test_gallery_browser.py,
 // which starts the server. Environment: NOISETT_URL (the server's base URL), HOST_PORT (where to serve the
 // host page; the server allows it by CORS), ARTIFACT_DIR (screenshots and metrics), DOCS_SCREENSHOT
-// (optional: also write the README's screenshot there), CHROMIUM (default /usr/bin/chromium).
+// (optional: also write the README's screenshot there), CHROMIUM (default /usr/bin/chromium), and
+// SAS_ORIGIN: with Blob storage, the one origin the App may load images from (the short SAS scenario).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
@@ -55,7 +56,8 @@ const context = await chromium.launchPersistentContext(profile, {
   ],
 });
 
-const problems = []; // CSP violations, page errors, requests the App made
+const sasOrigin = process.env.SAS_ORIGIN || null;
+const problems = []; // CSP violations, page errors, requests the App made where it may not
 const metrics = {};
 const step = (name) => console.log(`- ${name}`);
 function check(condition, message) {
@@ -81,7 +83,9 @@ try {
   page.on("request", (request) => {
     const frame = request.frame();
     // The App may not reach the network at all: its iframes are named app-N.
-    if (frame && frame.name().startsWith("app-")) problems.push(`App request: ${request.url()}`);
+    if (frame && frame.name().startsWith("app-")) {
+      if (!(sasOrigin && request.url().startsWith(`${sasOrigin}/`))) problems.push(`App request: ${request.url()}`);
+    }
     else if (!request.url().startsWith(hostOrigin) && !request.url().startsWith(serverUrl))
       problems.push(`host request to an unexpected origin: ${request.url()}`);
   });
@@ -93,6 +97,47 @@ try {
   check(metas.get_image?.ui?.resourceUri === "ui://noisett/gallery.html", "get_image names the gallery");
   check("cancel_image" in metas, "cancel_image is listed");
 
+  if (sasOrigin) await sasScenario(page);
+  else await fullScenario(page);
+  check(problems.length === 0, `no CSP violations, errors or stray requests:\n${problems.join("\n")}`);
+  writeFileSync(join(artifacts, "metrics.json"), JSON.stringify(metrics, null, 2));
+  console.log(`METRICS ${JSON.stringify(metrics)}`);
+} catch (error) {
+  const page = context.pages()[0];
+  if (page) await page.screenshot({ path: join(artifacts, "failure.png"), fullPage: true }).catch(() => {});
+  console.error(error.stack || String(error));
+  if (problems.length) console.error(problems.join("\n"));
+  process.exitCode = 1;
+} finally {
+  await context.close();
+  server.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+
+// With Blob storage: the full image comes straight from its SAS link, which the declared CSP allows.
+async function sasScenario(page) {
+  step("with Blob storage: the full image from the SAS host, the one origin the CSP declares");
+  const made = await page.evaluate(() => window.host.callTool("generate_image", { prompt: "a SAS link", steps: 2 }));
+  const id = made.structuredContent.images[0].id;
+  await until("the image uploaded (get_image gives its SAS link)", async () => {
+    const got = await page.evaluate((imageId) => window.host.callTool("get_image", { image_id: imageId }), id);
+    return got.structuredContent?.image?.url;
+  });
+  const index = await page.evaluate((imageId) => window.host.openApp("get_image", { image_id: imageId }), id);
+  const record = (await page.evaluate(() => window.host.log.apps))[index];
+  check(JSON.stringify(record.csp) === JSON.stringify({ connectDomains: [], resourceDomains: [sasOrigin] }),
+        `the CSP allows the SAS host only: ${JSON.stringify(record.csp)}`);
+  const app = page.frameLocator(`iframe[name="app-${index}"]`);
+  await until("the image", async () => (await app.locator('.card[data-status="done"] .thumb img').count()) === 1);
+  await app.locator(".card .thumb").click();
+  await until("the full image from the SAS link", () =>
+    app.locator("#viewer-img").evaluate((img) => img.complete && img.naturalWidth > 0 && img.src.includes("sig=")),
+  );
+  check((await app.locator("#viewer").getAttribute("data-source")) === "url", "shown from the SAS link");
+  metrics.sasViewer = "url";
+}
+
+async function fullScenario(page) {
   step("generate_image (count 2, wait false): live progress, then both images");
   const first = await page.evaluate(
     () => window.host.openApp("generate_image", {
@@ -229,18 +274,4 @@ try {
   check(after.isError && /cancelled/.test(after.content[0].text), `the server says cancelled: ${after.content[0].text}`);
   metrics.cancelledState = await longApp.locator(".card .state").textContent();
   metrics.toolCalls = calls.length + 1;
-
-  check(problems.length === 0, `no CSP violations, errors or App requests:\n${problems.join("\n")}`);
-  writeFileSync(join(artifacts, "metrics.json"), JSON.stringify(metrics, null, 2));
-  console.log(`METRICS ${JSON.stringify(metrics)}`);
-} catch (error) {
-  const page = context.pages()[0];
-  if (page) await page.screenshot({ path: join(artifacts, "failure.png"), fullPage: true }).catch(() => {});
-  console.error(error.stack || String(error));
-  if (problems.length) console.error(problems.join("\n"));
-  process.exitCode = 1;
-} finally {
-  await context.close();
-  server.close();
-  rmSync(profile, { recursive: true, force: true });
 }
