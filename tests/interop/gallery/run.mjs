@@ -246,6 +246,12 @@ async function fullScenario(page) {
   check((await laterApp.locator(".card").getAttribute("data-image-id")) === firstIds[0], "the same image");
   check((await laterApp.locator(".card .meta").textContent()).includes(`seed ${pinnedSeed}`), "its seed");
 
+  step("a plain generate_image call (wait true, as assistants make it) shows its finished image");
+  const waited = await page.evaluate(() => window.host.openApp("generate_image", { prompt: "waited for", steps: 2 }));
+  const waitedApp = page.frameLocator(`iframe[name="app-${waited}"]`);
+  await until("the waited-for image", async () => (await waitedApp.locator('.card[data-status="done"] .thumb img').count()) === 1);
+  check((await waitedApp.locator("#status").textContent()) === "1 image: 1 done", "the summary");
+
   step("the host's dark theme");
   await page.evaluate(() => window.host.setTheme("dark"));
   const dark = await until("the dark theme", async () => {
