@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -132,7 +133,8 @@ async def test_valid_tokens_reach_the_tools(base: str, key: SigningKey, version:
     claims = TENANT.v2_claims() if version == "v2" else TENANT.v1_claims()
     async with session(base, key.sign(claims)) as client:
         tools = await client.list_tools()
-        assert {tool.name for tool in tools.tools} == {"generate_image", "list_styles", "get_image"}
+        names = {tool.name for tool in tools.tools}
+        assert names == {"generate_image", "list_styles", "get_image", "cancel_image"}
         styles = await client.call_tool("list_styles", {})
         assert not styles.is_error
 
@@ -376,6 +378,27 @@ async def test_another_users_image_looks_like_an_unknown_id(base: str, key: Sign
         assert (await as_alice.read_resource(f"image://{image_id}")).contents[0].blob
         never_made = uuid.uuid4().hex
         assert await _unknown_id_errors(as_bob, image_id) == await _unknown_id_errors(as_bob, never_made)
+
+
+async def test_cancelling_another_users_image_looks_like_an_unknown_id_and_stops_nothing(
+    start: Endpoint, key: SigningKey
+) -> None:
+    # Tenant sharing lets a colleague see the image, not stop its job.
+    async with start(image_sharing="tenant") as base:
+        alice, bob = TENANT.v2_claims(), TENANT.v2_claims()
+        async with session(base, key.sign(alice)) as as_alice, session(base, key.sign(bob)) as as_bob:
+            started = await as_alice.call_tool(
+                "generate_image", {"prompt": "a long job", "steps": 60, "wait": False}
+            )
+            image_id = started.structured_content["images"][0]["id"]
+            refused = await as_bob.call_tool("cancel_image", {"image_id": image_id})
+            never_made = await as_bob.call_tool("cancel_image", {"image_id": uuid.uuid4().hex})
+            assert refused.is_error and never_made.is_error
+            blank = re.compile(r"[0-9a-f]{32}")
+            assert blank.sub("ID", refused.content[0].text) == blank.sub("ID", never_made.content[0].text)
+            seen = await as_bob.call_tool("get_image", {"image_id": image_id})
+            assert seen.structured_content["image"]["status"] in ("queued", "running")
+            assert not (await as_alice.call_tool("cancel_image", {"image_id": image_id})).is_error
 
 
 async def test_tenant_sharing_shows_images_to_the_same_tenant_only(start: Endpoint, key: SigningKey) -> None:

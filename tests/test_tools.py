@@ -141,9 +141,11 @@ async def test_list_styles_offers_the_base_style(client: Client) -> None:
 
 async def test_tools_are_annotated_for_clients(client: Client) -> None:
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == {"generate_image", "list_styles", "get_image"}
+    assert set(tools) == {"generate_image", "list_styles", "get_image", "cancel_image"}
     assert tools["list_styles"].annotations.read_only_hint is True
     assert tools["get_image"].annotations.read_only_hint is True
+    assert tools["cancel_image"].annotations.read_only_hint is False
+    assert tools["cancel_image"].annotations.destructive_hint is True
     generate = tools["generate_image"]
     assert generate.annotations.read_only_hint is False
     assert generate.annotations.destructive_hint is False

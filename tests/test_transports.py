@@ -41,7 +41,8 @@ async def test_stdio_answers_tools_list_without_importing_torch_then_generates(s
     )
     async with Client(params) as client:
         tools = await client.list_tools()
-        assert {tool.name for tool in tools.tools} == {"generate_image", "list_styles", "get_image"}
+        names = {tool.name for tool in tools.tools}
+        assert names == {"generate_image", "list_styles", "get_image", "cancel_image"}
         children = _children_with_torch()
         assert children and not any(children.values()), (
             "the server imported torch before answering tools/list"

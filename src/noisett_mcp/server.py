@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from noisett_mcp import __version__, images
 from noisett_mcp.audit import audit_requests
 from noisett_mcp.service import Noisett
-from noisett_mcp.tools import generate, get_image, prompts, resources, styles
+from noisett_mcp.tools import cancel, gallery, generate, get_image, prompts, resources, styles
 
 INSTRUCTIONS = """\
 Noisett makes images on the company's own GPU, in brand styles.
@@ -31,6 +31,8 @@ class NoisettMCP(MCPServer):
         results = await super().read_resource(uri, context)
         if not isinstance(results, Iterable):
             return results  # a request for input (2026-07-28), not contents
+        if str(uri).startswith("ui://"):
+            return results  # the gallery keeps the Apps MIME type that hosts look for
         return [
             dataclasses.replace(r, mime_type=_mime_type(r.content))
             if isinstance(r, ReadResourceContents)
@@ -75,12 +77,17 @@ def _mime_type(content: str | bytes) -> str:
 
 def build_server(service: Noisett) -> MCPServer:
     """The MCP server for a running service."""
+    # generate_image and get_image name the gallery (MCP Apps); the extension brings them to the server.
+    apps = gallery.apps(service)
+    for module in (generate, get_image):
+        module.register(gallery.GalleryTools(apps), service)
     mcp = NoisettMCP(
         name="noisett",
         title="Noisett",
         description="Brand-style image generation on your own GPU (HiDream-I1 + LoRA styles).",
         instructions=INSTRUCTIONS,
         version=__version__,
+        extensions=[apps],
     )
 
     async def preload_after_tool_listing(ctx: Any, call_next: Any) -> Any:
@@ -93,6 +100,6 @@ def build_server(service: Noisett) -> MCPServer:
 
     mcp.middleware.append(preload_after_tool_listing)
     mcp.middleware.append(audit_requests)
-    for module in (generate, styles, get_image, resources, prompts):
+    for module in (styles, cancel, resources, prompts):
         module.register(mcp, service)
     return mcp

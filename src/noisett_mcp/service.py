@@ -248,6 +248,25 @@ class Noisett:
             )
         return ImageView(await self._with_url(info) if info.status == "done" else info)
 
+    async def cancel(self, image_id: str, owner: str) -> ImageView:
+        """Cancel the job that makes an image; only its owner may (tenant sharing shows images, it does
+        not hand over their jobs). Anyone else's image is reported exactly like one that does not exist.
+        Returns where the image stands now: a queued job is cancelled at once, a running one at its next
+        step."""
+        check_image_id(image_id)
+        record = await self.store.load_record(image_id)
+        if record is None or record.owner != owner:
+            raise ImageNotFound(image_id)
+        job = self._jobs.get(image_id)
+        if job is not None and not job.finished:
+            await self.queue.cancel(job)
+        elif job is None and not record.finished and self.queue.durable:
+            raise RequestError(
+                f"image {image_id} is being made for a request another replica took; cancel it there, "
+                "or wait for it to finish"
+            )
+        return await self.view(image_id, owner)
+
     async def _with_url(self, info: ImageInfo) -> ImageInfo:
         """The store's link to the full image, made per view and never stored: a SAS link expires."""
         return info.model_copy(update={"url": await self.store.image_url(info.id)})

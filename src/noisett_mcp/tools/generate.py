@@ -5,7 +5,7 @@ denoising step, and return ids, parameters and previews (or handles to collect l
 
 from typing import Annotated
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
@@ -28,7 +28,7 @@ from noisett_mcp.schemas import (
     aspect_ratio_help,
 )
 from noisett_mcp.service import Noisett
-from noisett_mcp.tools import description
+from noisett_mcp.tools import ToolRegistry, description
 from noisett_mcp.tools.results import generation_result
 
 Wait = Annotated[
@@ -36,7 +36,7 @@ Wait = Annotated[
 ]
 
 
-def register(mcp: MCPServer, service: Noisett) -> None:
+def register(mcp: ToolRegistry, service: Noisett) -> None:
     # The aspect ratios' sizes depend on the model's geometry, known before it loads.
     RenderedAspectRatio = Annotated[
         AspectRatio, Field(description=aspect_ratio_help(*service.render_geometry()))

@@ -6,7 +6,6 @@ the full one), or its progress while it is queued or running."""
 from typing import Annotated
 
 import anyio
-from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
@@ -16,7 +15,7 @@ from noisett_mcp.auth.caller import current_caller
 from noisett_mcp.errors import NoisettError
 from noisett_mcp.schemas import GetImageResult
 from noisett_mcp.service import ImageView, Noisett
-from noisett_mcp.tools import description
+from noisett_mcp.tools import ToolRegistry, description
 from noisett_mcp.tools.results import b64, error, link, result
 
 ImageId = Annotated[
@@ -24,7 +23,7 @@ ImageId = Annotated[
 ]
 
 
-def register(mcp: MCPServer, service: Noisett) -> None:
+def register(mcp: ToolRegistry, service: Noisett) -> None:
     async def get_image(image_id: ImageId) -> Annotated[CallToolResult, GetImageResult]:
         """Get a generated image by id: the image itself when it is done, or its progress while it is
         queued or running (then call again later)."""
