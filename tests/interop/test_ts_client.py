@@ -15,7 +15,7 @@ from tests.support import cli_http_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-TOOLS = ["generate_image", "get_image", "list_styles"]
+TOOLS = ["cancel_image", "generate_image", "get_image", "list_styles"]
 
 
 def _check_calls(report: dict[str, Any]) -> None:
