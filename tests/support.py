@@ -113,9 +113,15 @@ async def serve_asgi(app: object) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def cli_http_server(env: dict[str, str], log_path: Path, timeout: float = 60) -> AsyncIterator[str]:
+async def cli_http_server(
+    env: dict[str, str],
+    log_path: Path,
+    timeout: float = 60,
+    started: list[subprocess.Popen[bytes]] | None = None,
+) -> AsyncIterator[str]:
     """Run `noisett-mcp serve --transport http` as a real subprocess on a random loopback port; yield
-    its base URL once /healthz answers; stop it by its process id, also on failure."""
+    its base URL once /healthz answers; stop it by its process id, also on failure. The process is
+    appended to `started`, when given."""
     port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -125,6 +131,8 @@ async def cli_http_server(env: dict[str, str], log_path: Path, timeout: float = 
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    if started is not None:
+        started.append(process)
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx2.AsyncClient() as http:

@@ -141,6 +141,24 @@ class Settings(BaseSettings):
         default_factory=list, description="Extra Host headers accepted (DNS-rebinding protection)."
     )
     cors_origins: CommaList = Field(default_factory=list, description="Browser origins allowed by CORS.")
+    http_max_connections: int = Field(
+        512,
+        ge=1,
+        description="Open HTTP connections at most; past it a new one gets 503 and is closed at once, "
+        "before the process runs out of file descriptors.",
+    )
+    http_header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a whole request head before it is closed."
+    )
+    http_keep_alive_seconds: int = Field(
+        5, ge=1, description="Seconds an idle keep-alive connection stays open between requests."
+    )
+    http_shutdown_seconds: int = Field(
+        25,
+        ge=0,
+        description="On SIGTERM, seconds to let open requests finish before closing them (Container Apps "
+        "kills a replica 30 s after SIGTERM).",
+    )
     public_url: str | None = Field(
         None,
         description="The origin clients reach, e.g. `https://noisett.example.com`: the RFC 9728 `resource` "
