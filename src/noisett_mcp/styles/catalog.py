@@ -154,8 +154,8 @@ class StyleCatalog:
             # Forget files that are gone, so the caches never outgrow the folder.
             for gone in [p for p in self._manifests if p not in seen]:
                 del self._manifests[gone]
-            for gone in [p for p in self._weights if p not in weights_in_use]:
-                del self._weights[gone]
+            for gone in [p for p, _ in cached_weights if p not in weights_in_use]:
+                self._weights.pop(gone, None)  # only entries this scan checked: a newer one may have come
                 self._hashing.pop(gone, None)
             self._log_changes(view, seen)
         return view
