@@ -4,7 +4,9 @@ environments and sample records. The benchmarks use them too (`python -m benchma
 from __future__ import annotations
 
 import inspect
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -111,9 +113,15 @@ async def serve_asgi(app: object) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def cli_http_server(env: dict[str, str], log_path: Path, timeout: float = 60) -> AsyncIterator[str]:
+async def cli_http_server(
+    env: dict[str, str],
+    log_path: Path,
+    timeout: float = 60,
+    started: list[subprocess.Popen[bytes]] | None = None,
+) -> AsyncIterator[str]:
     """Run `noisett-mcp serve --transport http` as a real subprocess on a random loopback port; yield
-    its base URL once /healthz answers; stop it by its process id, also on failure."""
+    its base URL once /healthz answers; stop it by its process id, also on failure. The process is
+    appended to `started`, when given."""
     port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -123,6 +131,8 @@ async def cli_http_server(env: dict[str, str], log_path: Path, timeout: float = 
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    if started is not None:
+        started.append(process)
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx2.AsyncClient() as http:
@@ -143,3 +153,21 @@ async def cli_http_server(env: dict[str, str], log_path: Path, timeout: float = 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def add_style(folder: Path, stem: str, adapter: Path | None, **fields: Any) -> Path:
+    """Write STEM.toml, and copy the weights next to it, as an operator would."""
+    folder.mkdir(parents=True, exist_ok=True)
+    values: dict[str, Any] = {
+        "name": stem,
+        "title": f"Style {stem}",
+        "description": f"Test style {stem}.",
+        "weights": f"{stem}.safetensors",
+        "base_models": ["demo"],
+    } | fields
+    if adapter is not None:
+        shutil.copyfile(adapter, folder / values["weights"])
+    # JSON strings, numbers and string lists are valid TOML values.
+    manifest = folder / f"{stem}.toml"
+    manifest.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    return manifest

@@ -262,6 +262,15 @@ def test_the_app_gets_the_settings_it_reads(main: BicepFile) -> None:
     assert env["AZURE_CLIENT_ID"] == Prop(Prop(Ref("identity"), "outputs"), "clientId")
 
 
+def test_the_public_url_is_the_https_origin_of_the_allowed_host(main: BicepFile) -> None:
+    """The metadata's `resource` and the 401 challenge name the app's own FQDN (issue 14, finding 7)."""
+    for layout in ("appEnv", "frontEnv"):
+        env = _env_names(main.variables[layout].value, main)
+        public, host = env["NOISETT_PUBLIC_URL"], env["NOISETT_ALLOWED_HOSTS"]
+        assert isinstance(public, Interp) and isinstance(host, Interp)
+        assert public.parts == ("https://", *host.parts), (public.parts, host.parts)
+
+
 def test_the_app_insights_connection_string_is_a_secret(main: BicepFile) -> None:
     secret_env = _env_names(main.variables["appSecretEnv"].value, main)
     name = secret_env["APPLICATIONINSIGHTS_CONNECTION_STRING"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from noisett_mcp.engine.adapters import adapter_name
 from noisett_mcp.engine.demo_loras import demo_transformer, write_random_lora
 from noisett_mcp.service import Noisett
 from noisett_mcp.styles.manifest import DEMO_STYLES_DIR, sha256_file
+from tests.support import add_style
 
 pytestmark = pytest.mark.anyio
 
@@ -60,24 +60,6 @@ def adapters(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         made[name] = folder / f"{name}.safetensors"
         safetensors.torch.save_file({k: v.clone() for k, v in state.items()}, made[name])
     return made
-
-
-def add_style(folder: Path, stem: str, adapter: Path | None, **fields: Any) -> Path:
-    """Write STEM.toml, and copy the weights next to it, as an operator would."""
-    folder.mkdir(parents=True, exist_ok=True)
-    values: dict[str, Any] = {
-        "name": stem,
-        "title": f"Style {stem}",
-        "description": f"Test style {stem}.",
-        "weights": f"{stem}.safetensors",
-        "base_models": ["demo"],
-    } | fields
-    if adapter is not None:
-        shutil.copyfile(adapter, folder / values["weights"])
-    # JSON strings, numbers and string lists are valid TOML values.
-    manifest = folder / f"{stem}.toml"
-    manifest.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
-    return manifest
 
 
 async def generate(client: Client, **arguments: Any) -> tuple[dict[str, Any], bytes]:

@@ -301,6 +301,8 @@ var endpointEnv = [
   { name: 'AZURE_AD_CLIENT_ID', value: entraClientId }
   // DNS-rebinding protection accepts only this Host header (besides loopback).
   { name: 'NOISETT_ALLOWED_HOSTS', value: '${names.app}.${environment.outputs.defaultDomain}' }
+  // The RFC 9728 `resource` and the 401 challenge name this origin, never a Host header a client sent.
+  { name: 'NOISETT_PUBLIC_URL', value: 'https://${names.app}.${environment.outputs.defaultDomain}' }
   { name: 'NOISETT_CORS_ORIGINS', value: join(corsOrigins, ',') }
   { name: 'NOISETT_MAX_QUEUE', value: string(maxQueue) }
   { name: 'OTEL_SERVICE_NAME', value: names.app }

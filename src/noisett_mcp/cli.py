@@ -141,7 +141,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from noisett_mcp.http import create_app
+    from noisett_mcp.serving import install_repeat_filter, raise_descriptor_limit, uvicorn_options
 
+    install_repeat_filter()  # one line per kind of error per minute, not one per socket
+    soft, _ = raise_descriptor_limit()
+    if soft <= settings.http_max_connections + 64:
+        log.warning(
+            "the open-file limit (%d) leaves little room above NOISETT_HTTP_MAX_CONNECTIONS (%d): lower the "
+            "setting or raise the limit (ulimit -n)",
+            soft,
+            settings.http_max_connections,
+        )
     # log_config=None: uvicorn's records go through our handler (JSON, redaction) like everyone else's.
     uvicorn.run(
         create_app(service),
@@ -149,6 +159,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,
+        **uvicorn_options(settings),
     )
     return 0
 

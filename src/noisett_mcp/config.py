@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from platformdirs import user_data_dir
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -140,6 +141,29 @@ class Settings(BaseSettings):
         default_factory=list, description="Extra Host headers accepted (DNS-rebinding protection)."
     )
     cors_origins: CommaList = Field(default_factory=list, description="Browser origins allowed by CORS.")
+    http_max_connections: int = Field(
+        512,
+        ge=1,
+        description="Open HTTP connections at most; past it a new one gets 503 and is closed at once, "
+        "before the process runs out of file descriptors.",
+    )
+    http_header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a whole request head before it is closed."
+    )
+    http_keep_alive_seconds: int = Field(
+        5, ge=1, description="Seconds an idle keep-alive connection stays open between requests."
+    )
+    http_shutdown_seconds: int = Field(
+        25,
+        ge=0,
+        description="On SIGTERM, seconds to let open requests finish before closing them (Container Apps "
+        "kills a replica 30 s after SIGTERM).",
+    )
+    public_url: str | None = Field(
+        None,
+        description="The origin clients reach, e.g. `https://noisett.example.com`: the RFC 9728 `resource` "
+        "and the 401 challenge use it instead of the request's Host and X-Forwarded-Proto.",
+    )
 
     # --- auth: Microsoft Entra ID on the HTTP endpoint (on when both ids are set) ---
     azure_ad_tenant_id: str | None = Field(
@@ -210,6 +234,21 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _origin(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("https", "http") or not parsed.hostname or parsed.path not in ("", "/"):
+            raise ValueError(
+                "NOISETT_PUBLIC_URL must be an origin like https://noisett.example.com (a scheme and a "
+                f"host, no path), not {value!r}"
+            )
+        if parsed.query or parsed.fragment or parsed.username or parsed.password:
+            raise ValueError(f"NOISETT_PUBLIC_URL must have no query, fragment or user info: {value!r}")
+        return f"{parsed.scheme}://{parsed.netloc.lower()}"
 
     @field_validator("blob_images_container", "blob_styles_container", "queue_name")
     @classmethod

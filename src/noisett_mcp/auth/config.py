@@ -24,6 +24,7 @@ class EntraConfig:
     allowed_roles: frozenset[str] = frozenset()
     required_roles: frozenset[str] = frozenset()
     required_groups: frozenset[str] = frozenset()
+    public_url: str | None = None  # NOISETT_PUBLIC_URL: the origin clients reach, e.g. https://host
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EntraConfig | None:
@@ -54,6 +55,7 @@ class EntraConfig:
             allowed_roles=frozenset(settings.auth_allowed_roles),
             required_roles=frozenset(settings.auth_required_roles),
             required_groups=frozenset(g.lower() for g in settings.auth_required_groups),
+            public_url=settings.public_url,
         )
 
     @property

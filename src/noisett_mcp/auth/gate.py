@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from noisett_mcp.auth.caller import identity_problem
 from noisett_mcp.auth.config import EntraConfig
 from noisett_mcp.auth.verifier import EntraTokenVerifier, denial
 
@@ -32,11 +33,17 @@ METADATA_PATH = "/.well-known/oauth-protected-resource"
 # Discovery documents and health probes answer without a token; every other path needs one.
 OPEN_PATHS = frozenset({"/healthz", "/health"})
 OPEN_PREFIX = "/.well-known/"
+# The metadata's caching: a fixed NOISETT_PUBLIC_URL makes it the same for everyone; without one it is
+# built from the request's Host and X-Forwarded-Proto, so caches must key on those and keep it briefly.
+FIXED_CACHE = {"Cache-Control": "public, max-age=3600"}
+PER_HOST_CACHE = {"Cache-Control": "public, max-age=60", "Vary": "Host, X-Forwarded-Proto"}
 
 
-def public_base_url(conn: HTTPConnection) -> str:
-    """This server's origin as the client sees it; behind a TLS-terminating proxy (Container Apps
-    ingress) the scheme comes from X-Forwarded-Proto."""
+def public_base_url(conn: HTTPConnection, public_url: str | None = None) -> str:
+    """This server's origin as the client sees it: NOISETT_PUBLIC_URL when set; otherwise the request's
+    Host, with the scheme from X-Forwarded-Proto behind a TLS-terminating proxy (Container Apps ingress)."""
+    if public_url:
+        return public_url
     proto = conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
     scheme = proto if proto in ("http", "https") else conn.url.scheme
     return f"{scheme}://{conn.url.netloc}"
@@ -65,6 +72,10 @@ class EntraGate:
             else:
                 error, description = None, f"sign in with Microsoft Entra ID for {self.config.scope}"
             response = self._challenge(conn, 401, error, description)
+        elif (problem := identity_problem(user.access_token.claims or {})) is not None:
+            # Signed by Entra for this app, but naming nobody: never let it act as `local`.
+            log.info("refused a token without a principal: %s", problem)
+            response = self._challenge(HTTPConnection(scope), 401, "invalid_token", problem)
         elif (reason := denial(user.access_token.claims or {}, self.config)) is not None:
             log.info("refused user %s: %s", (user.access_token.claims or {}).get("oid"), reason)
             response = self._challenge(HTTPConnection(scope), 403, "insufficient_scope", reason)
@@ -74,7 +85,7 @@ class EntraGate:
         await response(scope, receive, send)
 
     def _challenge(self, conn: HTTPConnection, status: int, error: str | None, description: str) -> Response:
-        resource = AnyHttpUrl(public_base_url(conn) + self.mcp_path)
+        resource = AnyHttpUrl(public_base_url(conn, self.config.public_url) + self.mcp_path)
         params = {
             # RFC 6750 §3.1: a request without credentials gets no error code.
             "error": error,
@@ -98,13 +109,13 @@ def install(app: Starlette, config: EntraConfig, mcp_path: str) -> EntraTokenVer
 
     async def metadata(request: Request) -> Response:
         document = ProtectedResourceMetadata(
-            resource=AnyHttpUrl(public_base_url(request) + mcp_path),
+            resource=AnyHttpUrl(public_base_url(request, config.public_url) + mcp_path),
             authorization_servers=[AnyHttpUrl(config.authorization_server)],
             scopes_supported=[config.scope],
             bearer_methods_supported=["header"],
             resource_name="Noisett",
         )
-        return PydanticJSONResponse(document, headers={"Cache-Control": "public, max-age=3600"})
+        return PydanticJSONResponse(document, headers=FIXED_CACHE if config.public_url else PER_HOST_CACHE)
 
     # The path-suffixed document (RFC 9728 §3.1) and the root one that older clients try first.
     for path in (METADATA_PATH + mcp_path, METADATA_PATH):

@@ -127,6 +127,8 @@ class Style:
     sha256: str | None
     modules: frozenset[str]  # transformer modules the adapter's keys name
     warnings: tuple[str, ...] = ()
+    # The preview image once the catalog has checked it (a regular file inside the folder, not too big).
+    preview_file: Path | None = None
 
     @property
     def name(self) -> str:
@@ -142,7 +144,8 @@ class Style:
         )
 
     @property
-    def preview_file(self) -> Path | None:
+    def preview_named(self) -> Path | None:
+        """The local preview file the manifest names, not yet checked (None for none or a URL)."""
         preview = self.manifest.preview
         if preview is None or preview.startswith("https://"):
             return None
@@ -151,8 +154,8 @@ class Style:
     def info(self) -> StyleInfo:
         m = self.manifest
         preview = m.preview
-        if self.preview_file is not None:
-            preview = preview_uri(m.name) if self.preview_file.is_file() else None
+        if self.preview_named is not None:
+            preview = preview_uri(m.name) if self.preview_file is not None else None
         return StyleInfo(
             name=m.name,
             title=m.title,
