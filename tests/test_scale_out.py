@@ -270,3 +270,43 @@ async def test_a_cancel_on_another_front_stops_the_job_on_the_worker(processes: 
     assert result is not None and result["result"]["isError"]
     assert "cancelled" in result["result"]["content"][0]["text"]
     assert (await wait_healthy(worker))["job"] is None
+
+
+async def test_a_worker_starts_from_a_source_the_front_stored_and_from_a_stored_image(
+    processes: Processes, azurite: Azurite
+) -> None:
+    """A queue message holds 64 KiB: the front stores a given source under its sha256, and the worker
+    loads it from there; a source image id needs nothing stored, the worker loads the image itself."""
+    import base64
+    import hashlib
+
+    from azure.storage.blob.aio import BlobServiceClient
+
+    from tests.test_img2img import SOURCE, SOURCE_B64
+
+    _, front = processes.front()
+    _, worker = processes.worker()
+    await wait_healthy(worker, status="ready")
+    async with Client(f"{front}/mcp") as client:
+        made = await client.call_tool(
+            "generate_image", {"prompt": "restyled", "steps": 4, "source_image": SOURCE_B64, "strength": 0.5}
+        )
+        assert not made.is_error, made.content
+        (image,) = made.structured_content["images"]
+        assert image["status"] == "done" and image["source_sha256"] == hashlib.sha256(SOURCE).hexdigest()
+        varied = await client.call_tool(
+            "generate_image",
+            {"prompt": "varied", "steps": 4, "source_image_id": image["id"], "strength": 0.3, "count": 2},
+        )
+        assert not varied.is_error, varied.content
+        assert [v["status"] for v in varied.structured_content["images"]] == ["done", "done"]
+        stored = await client.read_resource(f"image://{image['id']}")
+        source_of_variations = hashlib.sha256(base64.b64decode(stored.contents[0].blob)).hexdigest()
+        assert {v["source_sha256"] for v in varied.structured_content["images"]} == {source_of_variations}
+    container = processes.env["NOISETT_BLOB_IMAGES_CONTAINER"]
+    async with BlobServiceClient.from_connection_string(azurite.connection_string) as blobs:
+        names = [
+            b.name
+            async for b in blobs.get_container_client(container).list_blobs(name_starts_with="sources/")
+        ]
+    assert names == [f"sources/{image['source_sha256']}"]  # the stored image needed no copy

@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, help="guidance scale (default: per model variant)")
     gen.add_argument("--count", type=int, default=1, choices=range(1, 5), metavar="{1..4}")
     gen.add_argument("--format", choices=["png", "webp", "jpeg"], default="png")
+    gen.add_argument("--source", help="start from this image file (PNG, JPEG or WebP) instead of noise")
+    gen.add_argument("--source-image-id", help="start from a stored image, by id")
+    gen.add_argument("--strength", type=float, help="with a source: 0 keeps it, 1 ignores it; default 0.6")
     gen.add_argument("--out", type=Path, help="also copy the images into this folder")
     gen.add_argument("--model", help="override NOISETT_MODEL (`demo` for the tiny offline model)")
     gen.set_defaults(run=_generate)
@@ -133,7 +136,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
         async def run_stdio() -> None:
             async with service:
-                await build_server(service).run_stdio_async()
+                await build_server(service, local_files=True).run_stdio_async()
 
         anyio.run(run_stdio)
         return 0
@@ -209,6 +212,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import ValidationError
     from tqdm import tqdm
 
+    from noisett_mcp import sources
     from noisett_mcp.errors import NoisettError
     from noisett_mcp.schemas import GenerationRequest
     from noisett_mcp.service import Noisett
@@ -226,7 +230,8 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> int:
         async with Noisett(settings) as service:
             try:
-                job = await service.submit(request)
+                source = sources.from_path(args.source) if args.source else None
+                job = await service.submit(request, source_image=source)
             except NoisettError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2

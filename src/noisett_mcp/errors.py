@@ -10,7 +10,9 @@ NoisettError
 ├── GenerationCancelled   a job stopped at the next denoising step because its caller gave up
 ├── BatchOutOfMemory      a request's images in one batch did not fit the GPU: render them one at a time
 ├── StyleRefused          a style that cannot be offered (bad manifest, adapter for another model)
-└── StyleUnavailable      a style that exists but cannot be used right now (a download failed)
+├── StyleUnavailable      a style that exists but cannot be used right now (a download failed)
+├── SourceUnavailable     an image-to-image job's source is gone from the store (it expired)
+└── ImageToImageUnsupported  the model's scheduler cannot start from a source image
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ class StyleRefused(NoisettError):
 
 class StyleUnavailable(NoisettError):
     """A style that exists but cannot be used right now (a hub download failed); not its fault."""
+
+
+class SourceUnavailable(NoisettError):
+    """An image-to-image job's source image cannot be loaded where the job runs."""
+
+
+class ImageToImageUnsupported(NoisettError):
+    """The model's scheduler cannot start part-way through its schedule (HiDream-I1-Full's UniPC)."""
 
 
 AZURE_STORAGE_NEEDED = "set AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL"

@@ -26,11 +26,15 @@ FINISHED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 
 # HiDream's variants need their own defaults, which the pipeline does not set: (steps, guidance).
 VARIANT_DEFAULTS: dict[str, tuple[int, float]] = {"full": (50, 5.0), "dev": (28, 0.0), "fast": (16, 0.0)}
+# Image-to-image starts part-way through the schedule by passing `sigmas`. Dev and Fast ship
+# FlowMatchLCMScheduler, which takes them; the pipeline ignores them for Full's UniPCMultistepScheduler.
+IMAGE_TO_IMAGE_VARIANTS = frozenset({"dev", "fast"})
 
 # The demo model's 1-block VAE renders DEMO_RENDER_SIDE² images (the real model: 1024²).
 DEMO_RENDER_SIDE = 64
 
 MAX_PROMPT_CHARS = 2000
+DEFAULT_STRENGTH = 0.6  # image-to-image: keeps the source's layout and colours, changes the rest
 MAX_SEED = 2**32 - 1
 IMAGE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
@@ -49,6 +53,17 @@ def rendered_size(aspect_ratio: str, side: int = 1024, multiple: int = 16) -> tu
     w, h = ASPECT_RATIOS[aspect_ratio]
     scale = math.sqrt(side * side / (w * h))
     return int(w * scale // multiple * multiple), int(h * scale // multiple * multiple)
+
+
+def denoise_steps(steps: int, strength: float | None) -> int:
+    """How many of `steps` an image-to-image run denoises (SDEdit): the last strength × steps of the
+    schedule, rounded. A strength strictly between 0 and 1 always keeps part of the source and changes
+    part of it: at least one step, and not all of them (where there are two). Text-to-image runs all."""
+    if strength is None or strength >= 1:
+        return steps
+    if strength <= 0:
+        return 0
+    return min(max(math.floor(steps * strength + 0.5), 1), max(steps - 1, 1))
 
 
 def aspect_ratio_help(side: int = 1024, multiple: int = 16) -> str:
@@ -96,6 +111,24 @@ Guidance = Annotated[
 ]
 Count = Annotated[int, Field(ge=1, le=4, description="How many images, each with its own seed.")]
 Format = Annotated[ImageFormat, Field(description="File format of the full image.")]
+SourceImageId = Annotated[
+    str | None,
+    Field(
+        max_length=64,
+        description="Start from one of your images (an id from generate_image) instead of noise: to "
+        "restyle it, or to make variations of it (a low strength and count > 1).",
+    ),
+]
+Strength = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        le=1,
+        description="Only with a source image: how much to change it, 0 to 1. Low values (0.2-0.4) keep "
+        "its layout, shapes and colours and change details and texture; high values (0.7-0.9) keep only "
+        f"the rough composition; 1 ignores the source. Omit for {DEFAULT_STRENGTH}.",
+    ),
+]
 
 
 class GenerationRequest(BaseModel):
@@ -114,6 +147,8 @@ class GenerationRequest(BaseModel):
     guidance: Guidance = None
     count: Count = 1
     format: Format = "png"
+    source_image_id: SourceImageId = None
+    strength: Strength = None
 
 
 class GenerationSpec(BaseModel):
@@ -135,6 +170,16 @@ class GenerationSpec(BaseModel):
     format: ImageFormat = "png"
     model: str
     variant: str
+    # Image-to-image: where the run started (None for text-to-image).
+    source_image_id: str | None = None
+    source_sha256: str | None = None
+    strength: float | None = None
+    source_fit: str | None = None
+
+    @property
+    def denoise_steps(self) -> int:
+        """Steps each image really runs: all of them, or the tail an image-to-image strength keeps."""
+        return denoise_steps(self.steps, self.strength)
 
 
 class ImageInfo(BaseModel):
@@ -160,6 +205,14 @@ class ImageInfo(BaseModel):
     format: ImageFormat
     model: str
     variant: str
+    source_image_id: str | None = Field(None, description="The image this one started from, if any.")
+    source_sha256: str | None = Field(
+        None, description="sha256 of the source image's bytes, when it started from one."
+    )
+    strength: float | None = Field(None, description="How much the source image was changed, 0 to 1.")
+    source_fit: str | None = Field(
+        None, description="How the source was scaled and cropped to this image's size."
+    )
     progress: float = Field(0.0, description="Fraction done, 0 to 1.")
     error: str | None = Field(None, description="Why the image failed, when status is failed.")
     url: str | None = Field(None, description="A direct download link, where the store offers one.")

@@ -75,12 +75,13 @@ def _mime_type(content: str | bytes) -> str:
     return "application/json" if isinstance(content, str) else images.sniff_mime_type(content)
 
 
-def build_server(service: Noisett) -> MCPServer:
-    """The MCP server for a running service."""
+def build_server(service: Noisett, *, local_files: bool = False) -> MCPServer:
+    """The MCP server for a running service. `local_files`: it serves the user on their own computer
+    (stdio), so generate_image may read a local source_path; never over HTTP."""
     # generate_image and get_image name the gallery (MCP Apps); the extension brings them to the server.
     apps = gallery.apps(service)
-    for module in (generate, get_image):
-        module.register(gallery.GalleryTools(apps), service)
+    generate.register(gallery.GalleryTools(apps), service, local_files=local_files)
+    get_image.register(gallery.GalleryTools(apps), service)
     mcp = NoisettMCP(
         name="noisett",
         title="Noisett",

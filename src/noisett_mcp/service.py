@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from noisett_mcp import __version__
+from noisett_mcp import __version__, sources
 from noisett_mcp.auth.caller import LOCAL_OWNER
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import ImageNotFound, RequestError
@@ -23,7 +23,9 @@ from noisett_mcp.jobs.progress import ProgressFn, ProgressReporter
 from noisett_mcp.jobs.records import image_progress, save_records
 from noisett_mcp.jobs.runner import default_geometry
 from noisett_mcp.schemas import (
+    DEFAULT_STRENGTH,
     FINISHED,
+    IMAGE_TO_IMAGE_VARIANTS,
     MAX_SEED,
     VARIANT_DEFAULTS,
     GenerationRequest,
@@ -33,6 +35,7 @@ from noisett_mcp.schemas import (
     new_image_id,
     rendered_size,
 )
+from noisett_mcp.sources import Source
 from noisett_mcp.storage import ImageStore, StoredImage, check_image_id, open_store
 from noisett_mcp.styles.catalog import StyleCatalog
 from noisett_mcp.styles.manifest import BASE_STYLE, MAX_STRENGTH, Style
@@ -153,11 +156,17 @@ class Noisett:
             raise LookupError(f"style {name!r} has no preview image; list_styles links the ones that do")
         return await anyio.Path(path).read_bytes()
 
-    async def submit(self, request: GenerationRequest, owner: str = LOCAL_OWNER) -> Job:
-        """Queue a generation and return its job; raise RequestError or QueueFull at once."""
-        spec = await self._resolve(request)
+    async def submit(
+        self, request: GenerationRequest, owner: str = LOCAL_OWNER, source_image: bytes | None = None
+    ) -> Job:
+        """Queue a generation and return its job; raise RequestError or QueueFull at once.
+        `source_image` is the bytes of a source image given directly (request.source_image_id names one
+        of the owner's images instead)."""
+        source = await self._source(request, source_image, owner)
+        spec = await self._resolve(request, source)
         count = len(spec.seeds)
         job = Job(id=new_image_id(), spec=spec, image_ids=[new_image_id() for _ in range(count)], owner=owner)
+        job.source = source.data if source else None
         await self.queue.ensure_room(job)  # QueueFull goes straight back to the caller
         # Records first: once queued, a worker elsewhere may write them, and its writes must win.
         await save_records(self.store, job)
@@ -167,7 +176,38 @@ class Noisett:
             self._jobs[image_id] = job
         return job
 
-    async def _resolve(self, request: GenerationRequest) -> GenerationSpec:
+    async def _source(self, request: GenerationRequest, given: bytes | None, owner: str) -> Source | None:
+        """The checked source image of an image-to-image request, or None for text-to-image. A source
+        image id goes through the same owner check as get_image: a foreign one reads as unknown."""
+        image_id = request.source_image_id
+        if image_id is None and given is None:
+            if request.strength is not None:
+                raise RequestError(
+                    "strength applies only with a source image: pass source_image_id or source_image too"
+                )
+            return None
+        if image_id is not None and given is not None:
+            raise RequestError("give one source image: source_image_id or source_image, not both")
+        if self.settings.resolved_variant not in IMAGE_TO_IMAGE_VARIANTS:
+            variant = self.settings.resolved_variant.title()
+            raise RequestError(
+                f"this server runs HiDream-I1-{variant}, whose scheduler cannot start part-way through its "
+                "schedule (diffusers ignores custom sigmas for UniPC), so it cannot start from a source "
+                "image. HiDream-I1-Dev and -Fast can (NOISETT_VARIANT names the variant); leave the "
+                "source out here."
+            )
+        if image_id is not None:
+            view = await self.view(image_id, owner)
+            if view.info.status != "done":
+                raise RequestError(
+                    f"image {image_id} is {view.info.status}: only a finished image can be a source "
+                    "(get_image tells when it is done)"
+                )
+            given = (await self.load_image(image_id)).data
+        assert given is not None  # one of the two was set
+        return await anyio.to_thread.run_sync(sources.check, given, image_id)
+
+    async def _resolve(self, request: GenerationRequest, source: Source | None = None) -> GenerationSpec:
         """The request with its style applied and every default filled in."""
         if not request.prompt.strip():
             raise RequestError("prompt is empty: describe the image to make, in 1 to 2000 characters")
@@ -203,6 +243,10 @@ class Noisett:
             format=request.format,
             model=self.settings.model,
             variant=self.settings.resolved_variant,
+            source_image_id=source.image_id if source else None,
+            source_sha256=source.sha256 if source else None,
+            strength=(DEFAULT_STRENGTH if request.strength is None else request.strength) if source else None,
+            source_fit=sources.describe_fit(source, width, height) if source else None,
         )
 
     async def wait(self, job: Job, timeout: float, report: ProgressFn | None = None) -> None:

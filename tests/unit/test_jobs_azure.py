@@ -21,3 +21,14 @@ def test_a_job_round_trips_through_its_message() -> None:
 def test_the_message_is_compact_json() -> None:
     text = JobMessage.of(make_job()).encode()
     assert ": " not in text and json.loads(text)["job_id"] == "0" * 32
+
+
+def test_a_source_image_never_travels_in_the_message() -> None:
+    """A Storage queue message holds 64 KiB: the worker loads the source from the store by sha256."""
+    job = make_job()
+    job.spec = job.spec.model_copy(update={"source_sha256": "a" * 64, "strength": 0.5})
+    job.source = b"\x89PNG" + bytes(5 * 2**20)
+    text = JobMessage.of(job).encode()
+    assert len(text) < 4096
+    decoded = JobMessage.decode(text).job()
+    assert decoded.source is None and decoded.spec.source_sha256 == "a" * 64 and decoded.spec.strength == 0.5

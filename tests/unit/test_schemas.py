@@ -36,3 +36,11 @@ def test_image_ids_are_32_lowercase_hex() -> None:
     assert is_image_id(new_image_id())
     for bad in ("A" * 32, "0" * 31, "../" + "0" * 29, None, 7):
         assert not is_image_id(bad)
+
+
+def test_an_image_to_image_strength_runs_that_share_of_the_steps_never_none_or_all_in_between() -> None:
+    from noisett_mcp.schemas import denoise_steps
+
+    assert [denoise_steps(10, s) for s in (0.0, 0.01, 0.3, 0.6, 0.9, 0.99, 1.0)] == [0, 1, 3, 6, 9, 9, 10]
+    assert denoise_steps(16, 0.6) == 10 and denoise_steps(2, 0.6) == 1 and denoise_steps(1, 0.5) == 1
+    assert denoise_steps(28, None) == 28  # text-to-image

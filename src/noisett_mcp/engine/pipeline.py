@@ -5,12 +5,15 @@ Everything here is synchronous and runs in the generation worker's thread, never
 
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import diffusers
 import torch
@@ -19,6 +22,7 @@ from diffusers import HiDreamImagePipeline
 from PIL import Image
 
 from noisett_mcp.config import Settings
+from noisett_mcp.engine import img2img
 from noisett_mcp.engine.adapters import StyleAdapters
 from noisett_mcp.engine.demo import MARKER, write_demo_model
 from noisett_mcp.errors import BatchOutOfMemory, GenerationCancelled
@@ -53,6 +57,15 @@ def _device(setting: str) -> str:
     if setting != "auto":
         return setting
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _bind_step_noise(scheduler: Any, generator: torch.Generator | list[torch.Generator]) -> None:
+    """Dev and Fast ship FlowMatchLCMScheduler, which draws fresh noise in every step; the pipeline calls
+    its step() without a generator, so that noise came from torch's global RNG and one seed gave a
+    different image each time. Bind the images' generators (each run rebinds the class's method)."""
+    step = type(scheduler).step
+    if "generator" in inspect.signature(step).parameters:
+        scheduler.step = functools.partial(step, scheduler, generator=generator)
 
 
 def engine_dtype(device: str) -> torch.dtype:
@@ -151,9 +164,10 @@ class Engine:
         on_step: Callable[[int], None],
         cancelled: Callable[[], bool],
         style: Style | None = None,
+        source: Image.Image | None = None,
     ) -> Image.Image:
         """Render image `index` of `spec` alone (see generate_batch)."""
-        return self.generate_batch(spec, [index], on_step, cancelled, style)[0]
+        return self.generate_batch(spec, [index], on_step, cancelled, style, source)[0]
 
     def generate_batch(
         self,
@@ -162,12 +176,14 @@ class Engine:
         on_step: Callable[[int], None],
         cancelled: Callable[[], bool],
         style: Style | None = None,
+        source: Image.Image | None = None,
     ) -> list[Image.Image]:
         """Render images `indices` of `spec` in one pipeline call: the prompt is encoded once, and each
         denoising step runs all their latents together. `on_step(n)` is called after each of the n
         steps. `style` is spec.style's adapter (None for the base style); raise StyleRefused if it is
         unusable. On CUDA out of memory with several images, batching stays off for this process and
-        BatchOutOfMemory asks the caller to render them one at a time."""
+        BatchOutOfMemory asks the caller to render them one at a time. `source` (image-to-image) is the
+        source fitted to the spec's size; spec.strength says how much of the schedule runs from it."""
         if cancelled():
             raise GenerationCancelled
         running = (style.name, style.sha256) if style else ("none", None)
@@ -188,6 +204,15 @@ class Engine:
         generators = [torch.Generator("cpu").manual_seed(spec.seeds[index]) for index in indices]
         # Right before the run, in the worker: this request's adapter and no other.
         self.styles.activate(style, spec.style_strength)
+        generator = generators if len(indices) > 1 else generators[0]
+        start: dict[str, object] = {}
+        if source is not None and spec.denoise_steps < spec.steps:  # at strength 1: text-to-image
+            img2img.check_scheduler(self.pipe)
+            latents = img2img.encode(self.pipe, source)
+            if spec.denoise_steps == 0:
+                return [img2img.decode(self.pipe, latents) for _ in indices]
+            start = img2img.start(self.pipe, latents, generator, spec.steps, spec.denoise_steps, self.dtype)
+        _bind_step_noise(self.pipe.scheduler, generator)
         try:
             result = self.pipe(
                 prompt=spec.prompt,
@@ -197,9 +222,10 @@ class Engine:
                 num_inference_steps=spec.steps,
                 guidance_scale=spec.guidance,
                 num_images_per_prompt=len(indices),
-                generator=generators if len(indices) > 1 else generators[0],
+                generator=generator,
                 callback_on_step_end=step_end,
                 output_type="pil",
+                **start,
             )
         except torch.OutOfMemoryError as exc:
             if len(indices) == 1:

@@ -133,6 +133,11 @@ class AzureJobQueue:
             raise QueueFull(self.length, self.timer.estimate(self.length * job.total_steps))
 
     async def submit(self, job: Job) -> None:
+        spec = job.spec
+        if job.source is not None and spec.source_image_id is None and spec.source_sha256 is not None:
+            # A message holds 64 KiB: the source's bytes go to the store, and the worker loads them from
+            # there by sha256 (a source image of the caller's is already stored, under its id).
+            await self.store.save_source(spec.source_sha256, job.source)
         await self.client.send_message(JobMessage.of(job).encode())
         self.length += 1
         self._followed[job.id] = job

@@ -38,13 +38,16 @@ class Job:
     started: float | None = None
     finished_at: float | None = None
     cancel_requested: bool = False
+    # Image-to-image: the source's bytes, kept here for this process's runner (a queue message is too
+    # small for them: a worker elsewhere loads them from the store).
+    source: bytes | None = field(default=None, repr=False)
     done: anyio.Event = field(default_factory=anyio.Event)
     # Serializes writes of the job's records: a progress write must never land after the final one.
     records_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
     def total_steps(self) -> int:
-        return self.spec.steps * len(self.image_ids)
+        return self.spec.denoise_steps * len(self.image_ids)
 
     @property
     def finished(self) -> bool:

@@ -43,14 +43,14 @@ class ProgressReporter:
 
     def next_step(self, reported: int) -> int:
         """The image-step count after the next denoising step: a step of a batch of k advances it by k."""
-        batch, per_image = self.job.batch, self.job.spec.steps
+        batch, per_image = self.job.batch, self.job.spec.denoise_steps
         start = batch.start * per_image
         if batch and reported >= start:
             return start + ((reported - start) // len(batch) + 1) * len(batch)
         return reported + 1
 
     def step_message(self, steps: int) -> str:
-        per_image, count, batch = self.job.spec.steps, len(self.job.image_ids), self.job.batch
+        per_image, count, batch = self.job.spec.denoise_steps, len(self.job.image_ids), self.job.batch
         if batch and steps > batch.start * per_image:
             step = -(-(steps - batch.start * per_image) // len(batch))  # rounded up
             return f"images {batch.start + 1}–{batch.stop}/{count}, step {step}/{per_image}"

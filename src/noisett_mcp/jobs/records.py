@@ -14,7 +14,7 @@ def image_progress(job: Job, index: int) -> float:
     1.0 means stored."""
     if job.image_status(index) == "done":
         return 1.0
-    steps = job.spec.steps
+    steps = job.spec.denoise_steps
     if index in job.batch:  # the batch's images advance together, one step each per denoising step
         own = (job.steps_done - job.batch.start * steps) // len(job.batch)
     else:

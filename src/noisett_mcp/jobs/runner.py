@@ -7,6 +7,7 @@ It never imports torch itself: the engine is imported inside the worker thread t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Literal
@@ -14,11 +15,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from anyio.abc import TaskGroup
 
-from noisett_mcp import __version__, images
+from noisett_mcp import __version__, images, sources
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import (
     BatchOutOfMemory,
     GenerationCancelled,
+    ImageToImageUnsupported,
+    SourceUnavailable,
     StyleRefused,
     StyleUnavailable,
     needs_azure_storage,
@@ -32,6 +35,8 @@ from noisett_mcp.styles.manifest import Style
 from noisett_mcp.telemetry import Telemetry
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from noisett_mcp.engine.pipeline import Engine
 
 log = logging.getLogger(__name__)
@@ -130,10 +135,11 @@ class JobRunner:
             if job.cancel_requested:
                 raise GenerationCancelled
             style = await anyio.to_thread.run_sync(self._prepare_style, engine, job)
+            source = await self._source(job)
             job.status, job.started = "running", time.monotonic()
             self.telemetry.job_started(job)
             await save_records(self.store, job)
-            await self._render(engine, job, style)
+            await self._render(engine, job, style, source)
             job.finish("done")
         except GenerationCancelled:
             job.finish("cancelled", "cancelled by the client")
@@ -143,7 +149,7 @@ class JobRunner:
             log.warning("job %s: style refused: %s", job.id, exc)
             self.telemetry.job_failed(job, exc)
             job.finish("failed", f"style {job.spec.style!r} is refused: {exc}. The other styles still work.")
-        except StyleUnavailable as exc:
+        except (StyleUnavailable, SourceUnavailable, ImageToImageUnsupported) as exc:
             job.finish("failed", str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.id)
@@ -171,22 +177,42 @@ class JobRunner:
             job.spec = job.spec.model_copy(update={"style_sha256": style.sha256})
         return style
 
-    async def _render(self, engine: Engine, job: Job, style: Style | None) -> None:
+    async def _source(self, job: Job) -> Image.Image | None:
+        """An image-to-image job's source, fitted to the rendered size: from the job where it was
+        submitted here, else from the store (a GPU worker: by the source image's id, or by sha256)."""
+        spec = job.spec
+        if spec.source_sha256 is None:
+            return None
+        data = job.source
+        if data is None and spec.source_image_id is not None:
+            stored = await self.store.load_image(spec.source_image_id)
+            data = stored.data if stored else None
+        elif data is None:
+            data = await self.store.load_source(spec.source_sha256)
+        if data is None or hashlib.sha256(data).hexdigest() != spec.source_sha256:
+            raise SourceUnavailable("its source image is no longer stored (it expired); send it again")
+        return await anyio.to_thread.run_sync(sources.fit, data, spec.width, spec.height)
+
+    async def _render(
+        self, engine: Engine, job: Job, style: Style | None, source: Image.Image | None
+    ) -> None:
         missing = list(range(job.images_done, len(job.image_ids)))  # a resumed job skips what is stored
         if len(missing) > 1 and engine.batching:
             try:
-                await self._render_batch(engine, job, missing, style)
+                await self._render_batch(engine, job, missing, style, source)
                 return
             except BatchOutOfMemory:
                 # Back to the batch's start; steps already reported stay so (progress never goes back).
-                job.steps_done = missing[0] * job.spec.steps
+                job.steps_done = missing[0] * job.spec.denoise_steps
                 log.warning("job %s: rendering its %d images one at a time", job.id, len(missing))
         for index in missing:
-            await self._render_batch(engine, job, [index], style)
+            await self._render_batch(engine, job, [index], style, source)
 
-    async def _render_batch(self, engine: Engine, job: Job, indices: list[int], style: Style | None) -> None:
+    async def _render_batch(
+        self, engine: Engine, job: Job, indices: list[int], style: Style | None, source: Image.Image | None
+    ) -> None:
         """Images `indices` (consecutive) in one pipeline call, then stored in order."""
-        steps_before = indices[0] * job.spec.steps
+        steps_before = indices[0] * job.spec.denoise_steps
 
         def on_step(step: int) -> None:  # called from the engine's thread
             job.steps_done = steps_before + step * len(indices)
@@ -195,7 +221,7 @@ class JobRunner:
         job.batch = range(indices[0], indices[-1] + 1) if len(indices) > 1 else range(0)
         try:
             rendered = await anyio.to_thread.run_sync(
-                engine.generate_batch, job.spec, indices, on_step, lambda: job.cancel_requested, style
+                engine.generate_batch, job.spec, indices, on_step, lambda: job.cancel_requested, style, source
             )
             for index, image in zip(indices, rendered, strict=True):
                 record = finished_record(job, index, image.width, image.height, _versions())

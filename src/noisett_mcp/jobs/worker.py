@@ -93,7 +93,7 @@ class Worker:
             await self._give_up(job, message)
             return
         job.images_done = await self._images_stored(job)  # what a worker that died here already made
-        job.steps_done = job.images_done * job.spec.steps
+        job.steps_done = job.images_done * job.spec.denoise_steps
         if job.images_done == len(job.image_ids):  # it died after storing, before deleting the message
             await self.client.delete_message(message)
             return

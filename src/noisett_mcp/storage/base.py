@@ -3,11 +3,13 @@
 An image's `ImageRecord` holds its generation parameters plus its job state (status, progress, error),
 so any process that reaches the store can answer get_image for it. A job's `JobControl` (a cancel
 request, which the GPU worker watches) lives under its own key, apart from the image records: a job id
-is never mistaken for an image id.
+is never mistaken for an image id. A source image given as bytes for a job that runs elsewhere (the
+Azure queue's message is too small for it) lives under its sha256, apart from both.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,6 +23,16 @@ if TYPE_CHECKING:
 
 # Job state: changes while the job runs, so it is not part of an image's parameters.
 JOB_STATE_FIELDS = frozenset({"status", "progress", "error", "steps_done", "batch"})
+
+
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_sha256(value: str) -> str:
+    """A source's key: 64 lowercase hex characters, checked before it reaches a path or a blob name."""
+    if not SHA256_PATTERN.fullmatch(value):
+        raise ValueError(f"not a sha256 hex digest: {value[:80]!r}")
+    return value
 
 
 def check_image_id(value: object) -> str:
@@ -97,6 +109,12 @@ class ImageStore(Protocol):
 
     async def load_control(self, job_id: str) -> JobControl | None:
         """The job's control record, or None."""
+
+    async def save_source(self, sha256: str, data: bytes) -> None:
+        """Store a source image's bytes under their sha256, for a worker elsewhere to load."""
+
+    async def load_source(self, sha256: str) -> bytes | None:
+        """A stored source image's bytes, or None."""
 
     async def is_pending(self, image_id: str) -> bool:
         """True while an image or its record still waits to reach shared storage (the Blob spool)."""

@@ -36,7 +36,7 @@ from noisett_mcp import __version__
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import StorageUnavailable, needs_azure_storage
 from noisett_mcp.images import BY_MIME_TYPE
-from noisett_mcp.storage.base import ImageRecord, JobControl, StoredImage, check_image_id
+from noisett_mcp.storage.base import ImageRecord, JobControl, StoredImage, check_image_id, check_sha256
 from noisett_mcp.storage.spool import Spool, SpoolUploader
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"  # an id's image ne
 RECORD_CACHE_CONTROL = "no-cache"  # a record changes while its job runs
 SHUTDOWN_DRAIN_SECONDS = 10.0  # within Container Apps' 30 s termination grace
 CONTROL_PREFIX = "jobs/"
+SOURCE_PREFIX = "sources/"
 _METADATA_VALUE_LIMIT = 1024  # Azure allows 8 KiB of metadata per blob: long prompts are cut here
 # Header values must be printable ASCII: everything else (and % itself) is percent-encoded.
 _METADATA_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
@@ -257,20 +258,24 @@ class BlobImageStore:
     async def save_control(self, job_id: str, control: JobControl) -> None:
         """Straight to Blob storage, not through the spool: a control record only matters to a worker
         elsewhere, and a cancel that cannot reach storage has nothing to stop there."""
-        data = control.model_dump_json().encode()
-        settings = ContentSettings(
-            content_type="application/json",
-            cache_control=RECORD_CACHE_CONTROL,
-            content_md5=bytearray(hashlib.md5(data).digest()),
+        name = f"{CONTROL_PREFIX}{check_image_id(job_id)}.json"
+        await self._put_direct(
+            name, control.model_dump_json().encode(), "application/json", RECORD_CACHE_CONTROL
         )
-        try:
-            await self._upload(f"{CONTROL_PREFIX}{check_image_id(job_id)}.json", data, settings, None)
-        except Exception as exc:
-            raise StorageUnavailable(f"cannot reach image storage ({describe_error(exc)})") from exc
 
     async def load_control(self, job_id: str) -> JobControl | None:
         data = await self._download(f"{CONTROL_PREFIX}{check_image_id(job_id)}.json")
         return None if data is None else JobControl.model_validate_json(data[0])
+
+    async def save_source(self, sha256: str, data: bytes) -> None:
+        """Straight to Blob storage, like a control record: only a worker elsewhere reads it, and a job
+        whose source cannot reach storage is refused before it is queued. A sha256's bytes never change."""
+        name = f"{SOURCE_PREFIX}{check_sha256(sha256)}"
+        await self._put_direct(name, data, "application/octet-stream", IMAGE_CACHE_CONTROL)
+
+    async def load_source(self, sha256: str) -> bytes | None:
+        data = await self._download(f"{SOURCE_PREFIX}{check_sha256(sha256)}")
+        return None if data is None else data[0]
 
     async def is_pending(self, image_id: str) -> bool:
         return await self.spool.snapshot(check_image_id(image_id)) is not None
@@ -289,7 +294,7 @@ class BlobImageStore:
                         await self.container.delete_blob(blob.name)
                     except ResourceNotFoundError:
                         continue  # another replica swept it
-                    if not blob.name.startswith(CONTROL_PREFIX):
+                    if not blob.name.startswith((CONTROL_PREFIX, SOURCE_PREFIX)):
                         removed.add(blob.name.removesuffix(".json"))
         except ResourceNotFoundError:
             return 0  # no container yet: nothing to sweep
@@ -345,6 +350,17 @@ class BlobImageStore:
             content_md5=bytearray(hashlib.md5(record).digest()),
         )
         await self._upload(f"{image_id}.json", record, settings, None)
+
+    async def _put_direct(self, name: str, data: bytes, content_type: str, cache_control: str) -> None:
+        settings = ContentSettings(
+            content_type=content_type,
+            cache_control=cache_control,
+            content_md5=bytearray(hashlib.md5(data).digest()),
+        )
+        try:
+            await self._upload(name, data, settings, None)
+        except Exception as exc:
+            raise StorageUnavailable(f"cannot reach image storage ({describe_error(exc)})") from exc
 
     async def _upload(
         self, name: str, data: bytes, settings: ContentSettings, metadata: dict[str, str] | None

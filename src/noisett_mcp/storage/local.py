@@ -1,5 +1,5 @@
-"""Images in a local folder: `<id>.json` holds the record, `<id>.<ext>` the image, and
-`jobs/<job id>.json` a job's control record."""
+"""Images in a local folder: `<id>.json` holds the record, `<id>.<ext>` the image,
+`jobs/<job id>.json` a job's control record and `sources/<sha256>` a source image's bytes."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from noisett_mcp.images import BY_EXTENSION, BY_MIME_TYPE
-from noisett_mcp.storage.base import ImageRecord, JobControl, StoredImage, check_image_id
+from noisett_mcp.storage.base import ImageRecord, JobControl, StoredImage, check_image_id, check_sha256
 
 if TYPE_CHECKING:
     from noisett_mcp.storage.blob import BlobAccount
 
 CONTROL_FOLDER = "jobs"
+SOURCE_FOLDER = "sources"
 
 
 class LocalImageStore:
@@ -56,6 +57,13 @@ class LocalImageStore:
     async def load_control(self, job_id: str) -> JobControl | None:
         data = await self._read(self.root / CONTROL_FOLDER / f"{check_image_id(job_id)}.json")
         return None if data is None else JobControl.model_validate_json(data)
+
+    async def save_source(self, sha256: str, data: bytes) -> None:
+        path = self.root / SOURCE_FOLDER / check_sha256(sha256)
+        await anyio.to_thread.run_sync(self._write, path, data)
+
+    async def load_source(self, sha256: str) -> bytes | None:
+        return await self._read(self.root / SOURCE_FOLDER / check_sha256(sha256))
 
     async def is_pending(self, image_id: str) -> bool:
         return False  # every write is final
@@ -101,7 +109,7 @@ class LocalImageStore:
         cutoff = time.time() - older_than_days * 86400
         removed: set[str] = set()
         for path in [*self.root.iterdir(), *self._control_files()]:
-            if path.suffix in BY_EXTENSION or path.suffix == ".json":
+            if path.suffix in BY_EXTENSION or path.suffix == ".json" or path.parent.name == SOURCE_FOLDER:
                 try:
                     if path.stat().st_mtime < cutoff:
                         path.unlink()
@@ -112,8 +120,8 @@ class LocalImageStore:
         return len(removed)
 
     def _control_files(self) -> list[Path]:
-        folder = self.root / CONTROL_FOLDER
-        return list(folder.iterdir()) if folder.is_dir() else []
+        folders = (self.root / CONTROL_FOLDER, self.root / SOURCE_FOLDER)
+        return [path for folder in folders if folder.is_dir() for path in folder.iterdir()]
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -5,13 +5,15 @@ denoising step, and return ids, parameters and previews (or handles to collect l
 
 from typing import Annotated
 
+import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
+from noisett_mcp import sources
 from noisett_mcp.auth.caller import current_caller
-from noisett_mcp.errors import NoisettError
+from noisett_mcp.errors import NoisettError, RequestError
 from noisett_mcp.schemas import (
     AspectRatio,
     Count,
@@ -22,7 +24,9 @@ from noisett_mcp.schemas import (
     NegativePrompt,
     Prompt,
     Seed,
+    SourceImageId,
     Steps,
+    Strength,
     StyleName,
     StyleStrength,
     aspect_ratio_help,
@@ -36,7 +40,27 @@ Wait = Annotated[
 ]
 
 
-def register(mcp: ToolRegistry, service: Noisett) -> None:
+SourceImage = Annotated[
+    str | None,
+    Field(
+        description="Start from this picture instead of noise: a PNG, JPEG or WebP file, base64-encoded "
+        f"(at most {sources.MAX_SOURCE_BYTES // 2**20} MiB). It is scaled and centre-cropped to the "
+        "aspect ratio's size.",
+    ),
+]
+SourcePath = Annotated[
+    str | None,
+    Field(
+        max_length=4096,
+        description="Only when this server runs on your computer (stdio): the path of a PNG, JPEG or WebP "
+        "file to start from, instead of source_image.",
+    ),
+]
+
+
+def register(mcp: ToolRegistry, service: Noisett, local_files: bool = False) -> None:
+    """`local_files`: the server runs as the user on their computer (stdio), so source_path may read
+    their files. Over HTTP it is refused, and no URL is ever fetched (that would be an SSRF risk)."""
     # The aspect ratios' sizes depend on the model's geometry, known before it loads.
     RenderedAspectRatio = Annotated[
         AspectRatio, Field(description=aspect_ratio_help(*service.render_geometry()))
@@ -54,9 +78,14 @@ def register(mcp: ToolRegistry, service: Noisett) -> None:
         guidance: Guidance = None,
         count: Count = 1,
         format: Format = "png",
+        source_image_id: SourceImageId = None,
+        source_image: SourceImage = None,
+        source_path: SourcePath = None,
+        strength: Strength = None,
         wait: Wait = True,
     ) -> Annotated[CallToolResult, GenerateImageResult]:
-        """Generate images from a text prompt, optionally in a brand style.
+        """Generate images from a text prompt, optionally in a brand style, optionally starting from an
+        image (source_image_id, source_image or source_path) to restyle it or make variations of it.
 
         Returns each image's id, seed and parameters, with a small preview. Call get_image with an id
         for the full image, or to collect an image still queued or running."""
@@ -71,10 +100,13 @@ def register(mcp: ToolRegistry, service: Noisett) -> None:
             guidance=guidance,
             count=count,
             format=format,
+            source_image_id=source_image_id,
+            strength=strength,
         )
         owner = current_caller().owner
         try:
-            job = await service.submit(request, owner)
+            given = await _source_bytes(source_image, source_path, local_files)
+            job = await service.submit(request, owner, given)
         except NoisettError as exc:
             raise ToolError(str(exc)) from exc
         if wait:
@@ -97,3 +129,16 @@ def register(mcp: ToolRegistry, service: Noisett) -> None:
             openWorldHint=False,
         ),
     )
+
+
+async def _source_bytes(source_image: str | None, source_path: str | None, local_files: bool) -> bytes | None:
+    if source_image is not None and source_path is not None:
+        raise RequestError("give one source image: source_image or source_path, not both")
+    if source_path is not None:
+        if not local_files:
+            raise RequestError(
+                "source_path works only when the server runs on your computer (stdio); over HTTP, send "
+                "the image itself as source_image (base64) or name one of your images by source_image_id"
+            )
+        return await anyio.to_thread.run_sync(sources.from_path, source_path)
+    return None if source_image is None else sources.from_base64(source_image)

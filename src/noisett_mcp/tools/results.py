@@ -29,6 +29,8 @@ async def generation_result(service: Noisett, views: list[ImageView]) -> CallToo
         )
     else:
         message = f"Made {len(infos)} image(s). Previews are attached; get_image returns the full image."
+    if (first := infos[0]).source_fit is not None:  # image-to-image: say how the source was used
+        message += f" Started from the source at strength {first.strength:g}: {first.source_fit}."
     content.append(TextContent(type="text", text=message))
     for info in infos:
         if info.status == "done":
