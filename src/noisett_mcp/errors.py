@@ -10,7 +10,8 @@ NoisettError
 ├── GenerationCancelled   a job stopped at the next denoising step because its caller gave up
 ├── BatchOutOfMemory      a request's images in one batch did not fit the GPU: render them one at a time
 ├── StyleRefused          a style that cannot be offered (bad manifest, adapter for another model)
-└── StyleUnavailable      a style that exists but cannot be used right now (a download failed)
+├── StyleUnavailable      a style that exists but cannot be used right now (a download failed)
+└── ModelUnavailable      the model cannot load here (no CUDA for NOISETT_DEVICE, no hub and no cache)
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class StyleRefused(NoisettError):
 
 class StyleUnavailable(NoisettError):
     """A style that exists but cannot be used right now (a hub download failed); not its fault."""
+
+
+class ModelUnavailable(NoisettError):
+    """The model cannot be loaded in this process, whatever is asked: the message says what to use."""
 
 
 AZURE_STORAGE_NEEDED = "set AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL"

@@ -154,7 +154,10 @@ class Noisett:
         return await anyio.Path(path).read_bytes()
 
     async def submit(self, request: GenerationRequest, owner: str = LOCAL_OWNER) -> Job:
-        """Queue a generation and return its job; raise RequestError or QueueFull at once."""
+        """Queue a generation and return its job; raise RequestError, QueueFull or ModelUnavailable at
+        once."""
+        if self.runner is not None and self.runner.unavailable is not None:
+            raise self.runner.unavailable  # the model cannot load here: say so, do not queue
         spec = await self._resolve(request)
         count = len(spec.seeds)
         job = Job(id=new_image_id(), spec=spec, image_ids=[new_image_id() for _ in range(count)], owner=owner)
