@@ -79,7 +79,8 @@ class Azurite:
             executable = find_azurite(service)
             if executable is None:
                 raise RuntimeError(
-                    f"azurite-{service} not found: run `npm install --prefix .ci/node azurite`"
+                    f"azurite-{service} not found: run scripts/test, which installs it "
+                    "(npm install --prefix .ci/node azurite@3.37.0)"
                 )
             log = (self._workdir / f"{service}.log").open("ab")
             self._procs[service] = subprocess.Popen(
@@ -197,7 +198,7 @@ def skip_without_azurite() -> None:
     if find_azurite() is None:
         if os.environ.get("CI"):
             pytest.fail("CI must run the Blob tests: Azurite is missing (see .ci/run)")
-        pytest.skip("Azurite is not installed: npm install --prefix .ci/node azurite")
+        pytest.skip("Azurite is not installed: scripts/test installs it (azurite@3.37.0 in .ci/node)")
 
 
 def blob_settings(azurite: Azurite) -> dict[str, Any]:

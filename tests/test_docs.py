@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+from noisett_mcp import __version__
 from noisett_mcp.config import Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -36,3 +39,49 @@ def test_the_readme_commands_exist() -> None:
             check=True,
         ).stdout
         assert "usage: noisett-mcp" in help_text
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _quick_start_commands() -> list[str]:
+    """The commands of the README's first code block (comments dropped)."""
+    block = re.search(r"## Quick start, from a clone\n.*?```bash\n(.*?)```", README, flags=re.DOTALL)
+    assert block, "the README has no quick start"
+    return [line.split("#")[0].strip() for line in block[1].splitlines() if line.split("#")[0].strip()]
+
+
+def test_ci_runs_the_quick_start_commands_as_written() -> None:
+    commands = _quick_start_commands()
+    assert commands == ["scripts/demo", "scripts/test"]
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    for command in commands:
+        assert command in ci_lines, f"{command!r} is in the README but .ci/run does not run it"
+        assert (ROOT / command).stat().st_mode & 0o111, f"{command} is not executable"
+
+
+def test_the_registry_metadata_matches_the_package_and_the_readme() -> None:
+    server = json.loads((ROOT / "server.json").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert server["$schema"].startswith("https://static.modelcontextprotocol.io/schemas/")
+    # The registry proves ownership of a PyPI package by this line in its description (the README).
+    assert f"<!-- mcp-name: {server['name']} -->" in README
+    assert re.fullmatch(r"io\.github\.[\w-]+/[\w.-]+", server["name"])
+    assert len(server["description"]) <= 100
+    [package] = server["packages"]
+    assert package["registryType"] == "pypi" and package["identifier"] == project["name"]
+    assert server["version"] == package["version"] == __version__
+    assert package["transport"] == {"type": "stdio"}
+    # What the registry tells a client to run is a real command, and the variables are ones we read.
+    [argument] = package["packageArguments"]
+    subprocess.run(
+        [sys.executable, "-m", "noisett_mcp", argument["value"], "--help"], check=True, capture_output=True
+    )
+    read = {name for field in Settings.model_fields for name in _env_names(field)} | {"HF_TOKEN"}
+    assert {variable["name"] for variable in package["environmentVariables"]} <= read
+
+
+def test_the_license_file_ships_with_the_package() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")

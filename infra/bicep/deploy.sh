@@ -8,9 +8,9 @@
 # 2. builds the image in the registry with ACR Tasks (no local Docker or GPU needed), tagged with the commit;
 # 3. deploys the app on that image and waits for /healthz.
 # Optional environment: NOISETT_LAYOUT (single, the default: one GPU app; split: an always-on CPU front and GPU
-# workers on a queue, docs/deploy.md), NOISETT_GPU_PROFILE, NOISETT_MODEL, NOISETT_MAX_REPLICAS (GPUs),
-# NOISETT_QUEUE_LENGTH, NOISETT_MAX_QUEUE, NOISETT_CORS_ORIGINS, HF_TOKEN, NOISETT_NAME_PREFIX
-# (see infra/bicep/main.bicepparam).
+# workers on a queue, docs/deploy.md), NOISETT_GPU_PROFILE, NOISETT_MODEL, NOISETT_QUANTIZE and
+# NOISETT_OFFLOAD (auto: chosen for the GPU profile), NOISETT_MAX_REPLICAS (GPUs), NOISETT_QUEUE_LENGTH,
+# NOISETT_MAX_QUEUE, NOISETT_CORS_ORIGINS, HF_TOKEN, NOISETT_NAME_PREFIX (see infra/bicep/main.bicepparam).
 set -euo pipefail
 
 group="${1:-${NOISETT_RESOURCE_GROUP:-noisett}}"
@@ -19,6 +19,16 @@ export NOISETT_LAYOUT="${NOISETT_LAYOUT:-single}"
 case "$NOISETT_LAYOUT" in
   single | split) ;;
   *) echo "NOISETT_LAYOUT must be single or split, not '$NOISETT_LAYOUT'" >&2; exit 2 ;;
+esac
+# Checked here, before anything is deployed (Bicep's @allowed would only refuse them in Azure).
+export NOISETT_QUANTIZE="${NOISETT_QUANTIZE:-auto}" NOISETT_OFFLOAD="${NOISETT_OFFLOAD:-auto}"
+case "$NOISETT_QUANTIZE" in
+  auto | none | nf4 | int8) ;;
+  *) echo "NOISETT_QUANTIZE must be auto, none, nf4 or int8, not '$NOISETT_QUANTIZE'" >&2; exit 2 ;;
+esac
+case "$NOISETT_OFFLOAD" in
+  auto | none | model | sequential) ;;
+  *) echo "NOISETT_OFFLOAD must be auto, none, model or sequential, not '$NOISETT_OFFLOAD'" >&2; exit 2 ;;
 esac
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -35,7 +45,7 @@ if [ -n "$(git -C "$root" status --porcelain 2>/dev/null)" ]; then
   tag="$tag-dirty-$(date -u +%H%M%S)"
 fi
 
-echo "==> resource group $group in $location, layout $NOISETT_LAYOUT"
+echo "==> resource group $group in $location, layout $NOISETT_LAYOUT (quantize $NOISETT_QUANTIZE, offload $NOISETT_OFFLOAD)"
 az group create --name "$group" --location "$location" --output none
 
 echo "==> 1/3 infrastructure"

@@ -23,6 +23,12 @@ param maxQueue = int(readEnvironmentVariable('NOISETT_MAX_QUEUE', '8'))
 
 param model = readEnvironmentVariable('NOISETT_MODEL', 'HiDream-ai/HiDream-I1-Fast')
 
+// auto (nf4 on a T4, none on an A100) | none | nf4 | int8: docs/deploy.md, "Pick a GPU"
+param quantize = readEnvironmentVariable('NOISETT_QUANTIZE', 'auto')
+
+// auto (sequential on a T4, none on an A100) | none | model | sequential
+param offload = readEnvironmentVariable('NOISETT_OFFLOAD', 'auto')
+
 param entraClientId = readEnvironmentVariable('AZURE_AD_CLIENT_ID')
 
 param minReplicas = int(readEnvironmentVariable('NOISETT_MIN_REPLICAS', '0'))

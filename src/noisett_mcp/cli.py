@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -28,10 +31,39 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help(sys.stderr)
         sys.exit(2)
     overrides = {"model": args.model} if getattr(args, "model", None) else {}
-    settings = Settings(**overrides)
+    settings = _settings(overrides)
+    if settings.device.startswith("cuda") and ctypes.util.find_library("cuda") is None:
+        # Cheap, before torch: no NVIDIA driver library at all (the engine checks torch's view too).
+        _fail(
+            f"NOISETT_DEVICE={settings.device}, but this machine has no NVIDIA driver (libcuda): "
+            "set NOISETT_DEVICE=auto or cpu"
+        )
     # Logs go to stderr (on stdio, stdout belongs to the MCP protocol), with secrets redacted.
     configure_logging(settings.log_level, settings.log_format)
     sys.exit(args.run(args, settings) or 0)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    """Every setting, checked before any work: a bad value exits 2 with one line per variable."""
+    from pydantic import ValidationError
+
+    from noisett_mcp.config import env_name
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        for problem in exc.errors(include_url=False):
+            field = str(problem["loc"][0]) if problem["loc"] else ""
+            name = env_name(field) if field in Settings.model_fields else field
+            secret = "secret" in str(Settings.model_fields[field].annotation).lower() if field else False
+            value = "(hidden)" if secret else repr(problem.get("input"))
+            print(f"error: {name}={value}: {problem['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,6 +171,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 await build_server(service, local_files=True).run_stdio_async()
 
         anyio.run(run_stdio)
+        if service.runner is not None and service.runner.engine_state == "loading":
+            # The client closed stdin while the model loads, in a thread nothing can interrupt: exit now
+            # (clients restart servers often) instead of at the end of the load.
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(0)
         return 0
 
     import uvicorn
@@ -211,6 +249,7 @@ def _http_auth_problem(settings: Settings, insecure: bool) -> str | None:
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import ValidationError
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from noisett_mcp import sources
     from noisett_mcp.errors import NoisettError
@@ -226,6 +265,9 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
             )
         return 2
+    if args.out is not None and (out_problem := _out_problem(args.out)):
+        print(f"error: --out {args.out}: {out_problem}", file=sys.stderr)
+        return 2  # before any rendering
 
     async def run() -> int:
         async with Noisett(settings) as service:
@@ -235,7 +277,8 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
             except NoisettError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-            with tqdm(total=job.total_steps, unit="step", file=sys.stderr) as bar:
+            # Log lines go above the bar, not into it.
+            with logging_redirect_tqdm(), tqdm(total=job.total_steps, unit="step", file=sys.stderr) as bar:
 
                 async def report(done: float, total: float, message: str) -> None:
                     bar.set_description(message)
@@ -245,16 +288,34 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
             if job.status != "done":
                 print(f"error: generation {job.status}: {job.error}", file=sys.stderr)
                 return 1
+            status = 0
             for image_id in job.image_ids:
                 view = await service.view(image_id)
                 path = _file_path(view.info.url)
-                if args.out and path:
-                    args.out.mkdir(parents=True, exist_ok=True)
-                    path = Path(shutil.copy2(path, args.out / path.name))
+                # Where it was saved comes first, so that it is printed even when the copy fails.
                 print(f"{path or view.info.url}  seed={view.info.seed} {view.info.width}x{view.info.height}")
-            return 0
+                if args.out and path:
+                    try:
+                        print(f"  copied to {shutil.copy2(path, args.out / path.name)}")
+                    except OSError as exc:
+                        print(f"error: could not copy it into --out {args.out}: {exc}", file=sys.stderr)
+                        status = 1
+            return status
 
     return anyio.run(run)
+
+
+def _out_problem(folder: Path) -> str | None:
+    """Why images could not be copied into `folder` (made if missing), or None."""
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot make that folder ({exc.strerror or exc})"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "is not writable"
+    return None
 
 
 def _file_path(url: str | None) -> Path | None:
@@ -268,8 +329,15 @@ def _styles_check(args: argparse.Namespace, settings: Settings) -> int:
 
     logging.getLogger("noisett_mcp.styles").setLevel(logging.ERROR)  # the report below says it all
     folder = args.dir or settings.resolved_styles_dir
+    if args.dir is None and not folder.exists():  # a fresh install: nothing to check yet
+        print(
+            f"no styles folder yet: {folder} does not exist. Put a style's manifest (NAME.toml) and weights "
+            "(NAME.safetensors) there, or set NOISETT_STYLES_DIR, or check a folder: noisett-mcp styles "
+            "check DIR (the repository's loras/ has an example manifest; loras/README.md the format)"
+        )
+        return 0
     if not folder.is_dir():
-        print(f"error: {folder} is not a folder", file=sys.stderr)
+        print(f"error: {folder} is not a folder of style manifests", file=sys.stderr)
         return 2
     try:
         model_folder = None
@@ -282,7 +350,8 @@ def _styles_check(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: cannot read the model's transformer ({exc}); try --no-keys", file=sys.stderr)
         return 2
     for result in results:
-        print(f"{result.status:8} {result.source.name}: {result.detail}")
+        label = "other" if result.status == "skipped" else result.status
+        print(f"{label:8} {result.source.name}: {result.detail}")
     counts = {status: sum(r.status == status for r in results) for status in ("ok", "warning", "refused")}
     skipped = len(results) - sum(counts.values())
     print(

@@ -32,6 +32,12 @@ def demo_model_folder(cache_dir: Path) -> Path:
     return cache_dir / f"noisett-demo-v{DEMO_VERSION}"
 
 
+def env_name(field: str) -> str:
+    """The environment variable a Settings field is read from (the first of its names)."""
+    alias = Settings.model_fields[field].validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"NOISETT_{field.upper()}"
+
+
 def _env(name: str) -> AliasChoices:
     """Accept both NOISETT_NAME and the seed's bare NAME."""
     return AliasChoices(f"NOISETT_{name}", name)
@@ -249,6 +255,13 @@ class Settings(BaseSettings):
         if parsed.query or parsed.fragment or parsed.username or parsed.password:
             raise ValueError(f"NOISETT_PUBLIC_URL must have no query, fragment or user info: {value!r}")
         return f"{parsed.scheme}://{parsed.netloc.lower()}"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("allowed: auto, cpu, cuda or cuda:N (a GPU index)")
+        return value
 
     @field_validator("blob_images_container", "blob_styles_container", "queue_name")
     @classmethod

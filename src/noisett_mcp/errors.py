@@ -12,7 +12,8 @@ NoisettError
 ├── StyleRefused          a style that cannot be offered (bad manifest, adapter for another model)
 ├── StyleUnavailable      a style that exists but cannot be used right now (a download failed)
 ├── SourceUnavailable     an image-to-image job's source is gone from the store (it expired)
-└── ImageToImageUnsupported  the model's scheduler cannot start from a source image
+├── ImageToImageUnsupported  the model's scheduler cannot start from a source image
+└── ModelUnavailable      the model cannot load here (no CUDA for NOISETT_DEVICE, no hub and no cache)
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class SourceUnavailable(NoisettError):
 
 class ImageToImageUnsupported(NoisettError):
     """The model's scheduler cannot start part-way through its schedule (HiDream-I1-Full's UniPC)."""
+
+
+class ModelUnavailable(NoisettError):
+    """The model cannot be loaded in this process, whatever is asked: the message says what to use."""
 
 
 AZURE_STORAGE_NEEDED = "set AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL"

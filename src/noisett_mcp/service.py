@@ -159,9 +159,11 @@ class Noisett:
     async def submit(
         self, request: GenerationRequest, owner: str = LOCAL_OWNER, source_image: bytes | None = None
     ) -> Job:
-        """Queue a generation and return its job; raise RequestError or QueueFull at once.
-        `source_image` is the bytes of a source image given directly (request.source_image_id names one
-        of the owner's images instead)."""
+        """Queue a generation and return its job; raise RequestError, QueueFull or ModelUnavailable at
+        once. `source_image` is the bytes of a source image given directly (request.source_image_id
+        names one of the owner's images instead)."""
+        if self.runner is not None and self.runner.unavailable is not None:
+            raise self.runner.unavailable  # the model cannot load here: say so, do not queue
         source = await self._source(request, source_image, owner)
         spec = await self._resolve(request, source)
         count = len(spec.seeds)

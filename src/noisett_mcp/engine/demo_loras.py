@@ -44,8 +44,9 @@ def write_random_lora(
                     param.copy_(torch.randn(param.shape, generator=generator) * std)
         state = get_peft_model_state_dict(transformer, adapter_name=_SCRATCH)
         path.parent.mkdir(parents=True, exist_ok=True)
-        metadata = config.to_dict()
-        metadata["target_modules"] = sorted(metadata["target_modules"])  # a set: keep the order stable
+        # Only the fields set here: diffusers passes the metadata to LoraConfig(**metadata), and a full
+        # to_dict() names fields that older peft releases reject (kasa_config, velora_config, ...).
+        metadata = {"r": rank, "lora_alpha": rank, "target_modules": sorted(targets)}
         HiDreamImagePipeline.save_lora_weights(
             path.parent,
             transformer_lora_layers=state,

@@ -25,7 +25,7 @@ from noisett_mcp.config import Settings
 from noisett_mcp.engine import img2img
 from noisett_mcp.engine.adapters import StyleAdapters
 from noisett_mcp.engine.demo import MARKER, write_demo_model
-from noisett_mcp.errors import BatchOutOfMemory, GenerationCancelled
+from noisett_mcp.errors import BatchOutOfMemory, GenerationCancelled, ModelUnavailable
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.manifest import Style
 
@@ -54,9 +54,38 @@ def library_versions() -> dict[str, str]:
 
 
 def _device(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ModelUnavailable(
+            f"NOISETT_DEVICE={setting}, but torch {torch.__version__} ({build}) sees no CUDA GPU here; "
+            "set NOISETT_DEVICE=auto or cpu, or install a CUDA build of torch on a machine with a GPU"
+        )
+    return setting
+
+
+def check_reachable(settings: Settings, device: str) -> None:
+    """Fail in seconds, not after a minute of hub retries, when a hub model is neither cached nor reachable
+    (the first thing a new user meets on a machine without a GPU or network)."""
+    folder = Path(settings.model)
+    if settings.is_demo or folder.is_dir():
+        return
+    from huggingface_hub import model_info, try_to_load_from_cache
+
+    cache_dir = settings.resolved_model_cache_dir
+    if isinstance(try_to_load_from_cache(settings.model, "model_index.json", cache_dir=str(cache_dir)), str):
+        return  # cached: from_pretrained can load it without the hub
+    try:
+        model_info(settings.model, timeout=10)
+    except Exception as exc:
+        where = "no GPU here and " if device == "cpu" else ""
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelUnavailable(
+            f"cannot load {settings.model}: {where}it is not in the model cache ({cache_dir}) and the "
+            f"Hugging Face hub cannot be reached ({reason[:200]}). Try --model demo (NOISETT_MODEL=demo, "
+            "the tiny offline model), or set NOISETT_MODEL to a local folder that holds the pipeline"
+        ) from exc
 
 
 def _bind_step_noise(scheduler: Any, generator: torch.Generator | list[torch.Generator]) -> None:
@@ -85,6 +114,8 @@ class Engine:
         self.settings = settings
         self.device = _device(settings.device)
         self.dtype = engine_dtype(self.device)
+        if pipe is None:
+            check_reachable(settings, self.device)
         self.pipe = self._place(pipe if pipe is not None else self._load())
         self.styles = StyleAdapters(self.pipe, settings.max_loaded_styles)
         # The images of one request in one pipeline call (generate_batch), or one after another.

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -21,6 +23,7 @@ from noisett_mcp.errors import (
     BatchOutOfMemory,
     GenerationCancelled,
     ImageToImageUnsupported,
+    ModelUnavailable,
     SourceUnavailable,
     StyleRefused,
     StyleUnavailable,
@@ -56,6 +59,7 @@ class JobRunner:
         self.telemetry = telemetry
         self.engine_state: EngineState = "idle"
         self.engine_error: str | None = None
+        self.unavailable: ModelUnavailable | None = None  # set once: every later job fails with it
         self._engine: Engine | None = None
         self._engine_lock = anyio.Lock()
 
@@ -76,13 +80,18 @@ class JobRunner:
                 self.engine_state, self.engine_error = "loading", None
                 try:
                     settings = await self._model_settings()
-                    self._engine = await anyio.to_thread.run_sync(_load_engine, settings)
+                    self._engine = await _in_daemon_thread(_load_engine, settings)
+                except ModelUnavailable as exc:  # a user's error: one line, no traceback
+                    self.engine_state, self.engine_error, self.unavailable = "error", str(exc), exc
+                    log.error("%s", exc)
+                    raise
                 except Exception as exc:
                     self.engine_state, self.engine_error = "error", f"{type(exc).__name__}: {exc}"
                     log.exception("model %s failed to load", self.settings.model)
                     self.telemetry.error("load", exc)
                     raise
                 self.engine_state = "ready"
+                log.info("model %s ready on %s", self.settings.model, self._engine.info.device)
             return self._engine
 
     @property
@@ -149,7 +158,7 @@ class JobRunner:
             log.warning("job %s: style refused: %s", job.id, exc)
             self.telemetry.job_failed(job, exc)
             job.finish("failed", f"style {job.spec.style!r} is refused: {exc}. The other styles still work.")
-        except (StyleUnavailable, SourceUnavailable, ImageToImageUnsupported) as exc:
+        except (StyleUnavailable, SourceUnavailable, ImageToImageUnsupported, ModelUnavailable) as exc:
             job.finish("failed", str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.id)
@@ -238,6 +247,27 @@ def default_geometry(settings: Settings) -> tuple[int, int]:
     """(side, multiple) of the rendered size before the model loads: HiDream renders about 1024²
     (the demo model 64²), rounded down to multiples of 2 × its VAE factor."""
     return (DEMO_RENDER_SIDE, 2) if settings.is_demo else (1024, 16)
+
+
+async def _in_daemon_thread(function: Callable[[Settings], Engine], settings: Settings) -> Engine:
+    """Run a model load in a daemon thread: it takes seconds to minutes and cannot be interrupted, and a
+    server whose client went away (stdin closed) must exit at once, not when the load ends. A cancelled
+    waiter abandons the thread."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["engine"] = function(settings)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="noisett-model-load", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        await anyio.sleep(0.05)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["engine"]
 
 
 def _load_engine(settings: Settings) -> Engine:

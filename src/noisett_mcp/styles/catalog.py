@@ -124,6 +124,11 @@ class StyleCatalog:
             for path in sorted(folder.glob(f"*{MANIFEST_SUFFIX}")) if folder.is_dir() else []:
                 seen.add(path)
                 try:
+                    # The model first: a style for other models is skipped, whatever its weights.
+                    manifest = self._manifest(path, folder)
+                    if not matches_model(manifest.base_models, self.model):
+                        skipped.append(Skipped(path, manifest.name, tuple(manifest.base_models)))
+                        continue
                     style = self._load(path, folder)
                 except StyleRefused as exc:
                     refused.append(Refusal(path, exc.reason))
@@ -136,9 +141,6 @@ class StyleCatalog:
                     refused.append(Refusal(path, f"cannot read it ({type(exc).__name__})"))
                     continue
                 if style.name in styles:  # a styles-folder style shadows a built-in demo one
-                    continue
-                if not matches_model(style.manifest.base_models, self.model):
-                    skipped.append(Skipped(path, style.name, tuple(style.manifest.base_models)))
                     continue
                 with self._lock:
                     reason = self._engine_refusals.get((style.name, style.sha256))

@@ -64,7 +64,9 @@ def check_folder(
     modules = model_modules(model, catalog.cache_dir) if keys and view.styles else None
     results = [CheckResult("refused", r.source, r.reason) for r in view.refused]
     results += [
-        CheckResult("skipped", s.source, f"made for {', '.join(s.base_models)}, not {settings.model}")
+        CheckResult(
+            "skipped", s.source, f"for other models ({', '.join(s.base_models)}), not {settings.model}"
+        )
         for s in view.skipped
     ]
     for style in view.styles.values():
