@@ -63,7 +63,7 @@ async def latency_while_busy() -> None:
 
 async def load() -> None:
     clients, per_client = 20, 5
-    settings = demo_settings(max_queue=clients)
+    settings = demo_settings(max_queue=clients, max_queue_per_user=clients)  # all callers are `local`
     service = Noisett(settings)
     async with serve_asgi(create_app(service)) as base:
         await service.runner.engine()

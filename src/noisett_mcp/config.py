@@ -78,6 +78,17 @@ class Settings(BaseSettings):
         50.0, ge=0, description="How long generate_image waits before returning handles."
     )
     max_queue: int = Field(8, ge=1, description="Jobs that may wait for the GPU; more get a busy error.")
+    max_queue_per_user: int = Field(
+        4,
+        ge=1,
+        description="Jobs one caller may have waiting (over stdio or without auth, everyone is one caller); "
+        "more get a busy error naming this limit. The line takes turns between callers.",
+    )
+    cancel_roles: CommaList = Field(
+        default_factory=list,
+        description="App roles whose holders may cancel anyone's job with cancel_image (operators); "
+        "everyone else may cancel only their own.",
+    )
     queue: Literal["local", "azure"] = Field(
         "local",
         description="`local`: one process renders. `azure`: `serve` is a front that queues jobs on an Azure "
@@ -230,6 +241,7 @@ class Settings(BaseSettings):
         "auth_allowed_roles",
         "auth_required_roles",
         "auth_required_groups",
+        "cancel_roles",
         mode="before",
     )
     @classmethod

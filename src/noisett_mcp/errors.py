@@ -6,6 +6,7 @@ NoisettError
 │   ├── InvalidImageId    an id that is not 32 lowercase hex characters
 │   └── ImageNotFound     no such image here, or not the caller's (the two read the same)
 ├── QueueFull             busy: retry in N seconds
+│   └── UserQueueFull     this caller already has NOISETT_MAX_QUEUE_PER_USER jobs waiting
 ├── StorageUnavailable    the image store cannot be reached, or refused the request
 ├── GenerationCancelled   a job stopped at the next denoising step because its caller gave up
 ├── BatchOutOfMemory      a request's images in one batch did not fit the GPU: render them one at a time
@@ -53,6 +54,21 @@ class QueueFull(NoisettError):
         super().__init__(
             f"The image server is busy: {waiting} generation(s) are already waiting, the most it queues. "
             f"Retry in about {max(1, round(retry_after))} s."
+        )
+
+
+class UserQueueFull(QueueFull):
+    """One caller's share of the queue is used up: others can still queue."""
+
+    def __init__(self, waiting: int, limit: int, retry_after: float) -> None:
+        self.waiting = waiting
+        self.limit = limit
+        self.retry_after = retry_after
+        NoisettError.__init__(
+            self,
+            f"You already have {waiting} generation(s) waiting, the most one caller may queue "
+            f"(NOISETT_MAX_QUEUE_PER_USER={limit}). Retry in about {max(1, round(retry_after))} s, once one "
+            "of them has started, or cancel one with cancel_image.",
         )
 
 

@@ -36,7 +36,7 @@ from noisett_mcp.schemas import (
     rendered_size,
 )
 from noisett_mcp.sources import Source
-from noisett_mcp.storage import ImageStore, StoredImage, check_image_id, open_store
+from noisett_mcp.storage import ImageStore, JobControl, StoredImage, check_image_id, open_store
 from noisett_mcp.styles.catalog import StyleCatalog
 from noisett_mcp.styles.manifest import BASE_STYLE, MAX_STRENGTH, Style
 from noisett_mcp.telemetry import Telemetry
@@ -44,6 +44,7 @@ from noisett_mcp.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 RETENTION_SWEEP_SECONDS = 3600.0
+CANCEL_WAIT_SECONDS = 5.0  # cancel_image waits this long for a running job to stop at its next step
 
 __all__ = ["ImageView", "Noisett"]
 
@@ -268,6 +269,25 @@ class Noisett:
                 await self.queue.cancel(job)  # the client gave up on this request: stop its work
             raise
 
+    async def cancel(self, image_id: str, canceller: str, *, any_owner: bool = False) -> ImageView:
+        """Cancel the job that makes `image_id`, all its images: a queued job leaves the line, a running
+        one stops at its next step. Only its owner may (or, with `any_owner`, an operator); to anyone
+        else the id reads as unknown. Returns where the image stands afterwards."""
+        check_image_id(image_id)
+        record = await self.store.load_record(image_id)
+        if record is None or not (any_owner or record.owner == canceller):
+            raise ImageNotFound(image_id)
+        if not record.finished:
+            job = self._jobs.get(image_id)
+            if job is not None:
+                await self.queue.cancel(job)
+                if not self.queue.durable:  # here it stops within a step; a worker takes a poll or two
+                    with anyio.move_on_after(CANCEL_WAIT_SECONDS):
+                        await job.done.wait()
+            elif self.queue.durable:  # queued through another front: the worker reads the control record
+                await self.store.save_control(record.job_id, JobControl(cancel=True))
+        return await self.view(image_id, record.owner)
+
     async def view(self, image_id: str, viewer: str = LOCAL_OWNER) -> ImageView:
         """Where an image stands, for `viewer` (an owner id); raise InvalidImageId or ImageNotFound.
         An image the viewer may not see is reported exactly like one that does not exist."""
@@ -293,25 +313,6 @@ class Noisett:
                 update={"status": "failed", "error": "interrupted by a server restart; generate it again"}
             )
         return ImageView(await self._with_url(info) if info.status == "done" else info)
-
-    async def cancel(self, image_id: str, owner: str) -> ImageView:
-        """Cancel the job that makes an image; only its owner may (tenant sharing shows images, it does
-        not hand over their jobs). Anyone else's image is reported exactly like one that does not exist.
-        Returns where the image stands now: a queued job is cancelled at once, a running one at its next
-        step."""
-        check_image_id(image_id)
-        record = await self.store.load_record(image_id)
-        if record is None or record.owner != owner:
-            raise ImageNotFound(image_id)
-        job = self._jobs.get(image_id)
-        if job is not None and not job.finished:
-            await self.queue.cancel(job)
-        elif job is None and not record.finished and self.queue.durable:
-            raise RequestError(
-                f"image {image_id} is being made for a request another replica took; cancel it there, "
-                "or wait for it to finish"
-            )
-        return await self.view(image_id, owner)
 
     async def _with_url(self, info: ImageInfo) -> ImageInfo:
         """The store's link to the full image, made per view and never stored: a SAS link expires."""

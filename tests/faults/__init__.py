@@ -1,0 +1,1 @@
+"""Fault and abuse findings (issue 14), each reproduced on loopback with real parts."""

@@ -42,7 +42,7 @@ async def test_positions_count_the_running_job_and_those_ahead() -> None:
     await queue.submit(first)
     await queue.submit(second)
     assert queue.position(first) == 0 and queue.position(second) == 1 and queue.depth == 2
-    queue._waiting.popleft()
+    del queue._waiting[0], queue._keys[0]
     queue._running = first
     assert queue.position(first) is None, "a running job has no position"
     assert queue.position(second) == 1, "the running job is ahead of it"
@@ -75,3 +75,25 @@ async def test_cancelling_a_waiting_job_takes_it_out_of_line_and_finishes_it() -
     await queue.submit(job)
     await queue.cancel(job)
     assert queue.depth == 0 and job.status == "cancelled" and job.done.is_set()
+
+
+def owned(owner: str) -> Job:
+    job = make_job()
+    job.owner = owner
+    return job
+
+
+async def test_the_line_takes_turns_between_owners_and_positions_follow_it() -> None:
+    queue = LocalJobQueue(runner=None, max_queue=10, max_per_user=4)  # type: ignore[arg-type]
+    a = [owned("a") for _ in range(4)]
+    for job in a:
+        await queue.submit(job)
+    b1, b2, c1 = owned("b"), owned("b"), owned("c")
+    for job in (b1, b2, c1):
+        await queue.submit(job)
+    assert queue.waiting == (a[0], b1, c1, a[1], b2, a[2], a[3])
+    assert [queue.position(job) for job in queue.waiting] == list(range(7))
+    with pytest.raises(QueueFull, match=r"NOISETT_MAX_QUEUE_PER_USER=4"):
+        await queue.ensure_room(owned("a"))
+    await queue.cancel(b1)
+    assert queue.waiting == (a[0], c1, a[1], b2, a[2], a[3])

@@ -29,4 +29,5 @@ def open_queue(settings: Settings, store: ImageStore, styles: StyleCatalog, tele
         from noisett_mcp.jobs.azure import AzureJobQueue
 
         return AzureJobQueue(settings, store)
-    return LocalJobQueue(JobRunner(settings, store, styles, telemetry), settings.max_queue)
+    runner = JobRunner(settings, store, styles, telemetry)
+    return LocalJobQueue(runner, settings.max_queue, settings.max_queue_per_user)

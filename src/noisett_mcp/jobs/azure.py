@@ -7,6 +7,12 @@ message only once the images are stored. If a worker dies, the message reappears
 timeout and another worker takes the job; a message delivered more than `NOISETT_MAX_ATTEMPTS` times
 is marked failed instead of looping forever.
 
+Fairness: a Storage queue hands out messages roughly in arrival order and cannot be reordered, so the
+front cannot interleave callers there. What it can do is cap each caller's share: a front refuses a
+caller who already has NOISETT_MAX_QUEUE_PER_USER jobs queued through it (each front counts its own
+callers' jobs; with N fronts a caller may hold up to N times the limit). So a job waits behind at most
+that many jobs of any one other caller, in arrival order, not round-robin.
+
 Cancelling is a record too: the front writes the job's `JobControl` (its own key, beside the image
 records), and the worker checks it while it renders.
 
@@ -29,7 +35,7 @@ from azure.storage.queue.aio import QueueClient
 from opentelemetry import propagate
 
 from noisett_mcp.config import Settings
-from noisett_mcp.errors import QueueFull
+from noisett_mcp.errors import QueueFull, UserQueueFull
 from noisett_mcp.jobs.base import Job, StepTimer
 from noisett_mcp.schemas import FINISHED, GenerationSpec
 from noisett_mcp.storage.base import ImageRecord, ImageStore, JobControl
@@ -131,6 +137,10 @@ class AzureJobQueue:
         self.length = properties.approximate_message_count or 0
         if self.length >= self.max_queue:
             raise QueueFull(self.length, self.timer.estimate(self.length * job.total_steps))
+        limit = self.settings.max_queue_per_user
+        mine = [j for j in self._followed.values() if j.owner == job.owner and j.status == "queued"]
+        if len(mine) >= limit:
+            raise UserQueueFull(len(mine), limit, self.timer.estimate(self.length * job.total_steps))
 
     async def submit(self, job: Job) -> None:
         spec = job.spec

@@ -1,13 +1,19 @@
-"""The in-process queue: jobs wait here and one worker task runs them on this process's GPU."""
+"""The in-process queue: jobs wait here and one worker task runs them on this process's GPU.
+
+The line is fair between owners: each job gets a round (one more than its owner's last job still
+waiting or running, and never behind the round now running), and the line is ordered by round, then by
+arrival. So a caller who queues many jobs takes turns with everyone else, and someone new starts
+after at most the job now running.
+"""
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections import deque
 
 import anyio
 
-from noisett_mcp.errors import QueueFull
+from noisett_mcp.errors import QueueFull, UserQueueFull
 from noisett_mcp.jobs.base import Job, StepTimer
 from noisett_mcp.jobs.runner import JobRunner
 
@@ -18,11 +24,16 @@ class LocalJobQueue:
 
     durable = False
 
-    def __init__(self, runner: JobRunner, max_queue: int) -> None:
+    def __init__(self, runner: JobRunner, max_queue: int, max_per_user: int | None = None) -> None:
         self.runner: JobRunner | None = runner
         self._runner = runner
         self.max_queue = max_queue
-        self._waiting: deque[Job] = deque()
+        self.max_per_user = max_per_user or max_queue
+        self._waiting: list[Job] = []  # in the order they will run
+        self._keys: list[tuple[int, int]] = []  # (round, arrival) of each waiting job, sorted
+        self._rounds: dict[Job, int] = {}  # of the waiting jobs and the running one
+        self._arrivals = 0
+        self._round_now = 0  # the round of the job that started last
         self._running: Job | None = None
         self._wakeup = anyio.Event()
         self.timer = StepTimer()
@@ -41,22 +52,39 @@ class LocalJobQueue:
 
     @property
     def oldest_age(self) -> float | None:
-        return time.monotonic() - self._waiting[0].created if self._waiting else None
+        return time.monotonic() - min(job.created for job in self._waiting) if self._waiting else None
+
+    def waiting_of(self, owner: str) -> int:
+        return sum(1 for job in self._waiting if job.owner == owner)
 
     async def ensure_room(self, job: Job) -> None:
         if len(self._waiting) >= self.max_queue:
             raise QueueFull(len(self._waiting), self._steps_left_all())
+        if (mine := self.waiting_of(job.owner)) >= self.max_per_user:
+            raise UserQueueFull(mine, self.max_per_user, self._eta_of_owner_next(job.owner))
 
     async def submit(self, job: Job) -> None:
         await self.ensure_room(job)
-        self._waiting.append(job)
+        own = [r for j, r in self._rounds.items() if j.owner == job.owner]
+        round_ = max(self._round_now, max(own, default=-1) + 1)
+        self._rounds[job] = round_
+        key = (round_, self._arrivals)
+        self._arrivals += 1
+        at = bisect.bisect(self._keys, key)
+        self._keys.insert(at, key)
+        self._waiting.insert(at, job)
         self._wakeup.set()
 
     async def cancel(self, job: Job) -> None:
         job.cancel_requested = True
         if job in self._waiting:
-            self._waiting.remove(job)
+            self._remove(job)
             job.finish("cancelled", "cancelled before it started")
+
+    def _remove(self, job: Job) -> None:
+        at = self._waiting.index(job)
+        del self._waiting[at], self._keys[at]
+        self._rounds.pop(job, None)
 
     def position(self, job: Job) -> int | None:
         try:
@@ -83,6 +111,13 @@ class LocalJobQueue:
             steps += self._running.total_steps - self._running.steps_done
         return self.timer.estimate(steps)
 
+    def _eta_of_owner_next(self, owner: str) -> float:
+        """Seconds until the owner's first waiting job starts (then it has room again)."""
+        first = next((job for job in self._waiting if job.owner == owner), None)
+        if first is None:
+            return 0.0
+        return max(0.0, self.eta(first) - self.timer.estimate(first.total_steps))
+
     async def aclose(self) -> None:
         pass  # nothing held open
 
@@ -91,7 +126,9 @@ class LocalJobQueue:
             while not self._waiting:
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
-            job = self._waiting.popleft()
+            job = self._waiting[0]
+            self._round_now = self._rounds[job]
+            del self._waiting[0], self._keys[0]
             self._running = job
             try:
                 await self._runner.execute(job)
@@ -99,3 +136,4 @@ class LocalJobQueue:
                     self.timer.record(job.finished_at - job.started, job.total_steps)
             finally:
                 self._running = None
+                self._rounds.pop(job, None)

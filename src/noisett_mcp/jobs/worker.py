@@ -103,6 +103,8 @@ class Worker:
         ):
             log.info("job %s: %d image(s), attempt %d", job.id, len(job.image_ids), message.dequeue_count)
             self.current = job
+            control = await self.store.load_control(job.id)
+            job.cancel_requested = bool(control and control.cancel)  # cancelled while it waited in line
             try:
                 async with self._claim(message) as claim, anyio.create_task_group() as tg:
                     tg.start_soon(self._write_progress, job)

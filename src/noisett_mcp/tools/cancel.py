@@ -1,41 +1,71 @@
-"""`cancel_image`: stop the generation of one of your own images, while it is queued or running."""
+"""`cancel_image`: stop a generation by any of its image ids, queued or running, here or on a GPU worker.
+Only the owner may, or a holder of an app role the operator names (NOISETT_CANCEL_ROLES); to anyone
+else an image id answers exactly as an unknown one does."""
 
 # No `from __future__ import annotations` here: the SDK reads the signature at registration.
 
+from typing import Annotated
+
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
 
 from noisett_mcp.auth.caller import current_caller
 from noisett_mcp.errors import NoisettError
+from noisett_mcp.schemas import ImageInfo
 from noisett_mcp.service import Noisett
 from noisett_mcp.tools import description
 from noisett_mcp.tools.get_image import ImageId
+from noisett_mcp.tools.results import result
 
-# Destructive: the images of a cancelled job are never made (clients ask before such a call).
-ANNOTATIONS = ToolAnnotations(
-    title="Cancel image", readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False
-)
+
+class CancelImageResult(BaseModel):
+    image: ImageInfo = Field(description="The image as it stands after the cancel.")
+    cancelled: bool = Field(description="True once its job has stopped; false while it is still stopping.")
+    message: str
+
+
+def caller_roles() -> set[str]:
+    """The app roles in the verified token (none over stdio or without auth)."""
+    token = get_access_token()
+    roles = (token.claims or {}).get("roles") if token is not None else None
+    return {str(role) for role in roles} if isinstance(roles, list) else set()
 
 
 def register(mcp: MCPServer, service: Noisett) -> None:
-    async def cancel_image(image_id: ImageId) -> str:
-        """Cancel the generation of an image you asked for, while it is queued or running; the other
-        images of the same generate_image call stop with it. A finished image stays as it is."""
+    operators = set(service.settings.cancel_roles)
+
+    async def cancel_image(image_id: ImageId) -> Annotated[CallToolResult, CancelImageResult]:
+        """Cancel a generation you started, by the id of any of its images: a queued job leaves the
+        line, a running one stops at its next step. All images of that generate_image call stop.
+        Use it for jobs started with wait=false that are no longer wanted."""
         try:
-            view = await service.cancel(image_id, current_caller().owner)
+            view = await service.cancel(
+                image_id, current_caller().owner, any_owner=bool(operators & caller_roles())
+            )
         except NoisettError as exc:
             raise ToolError(str(exc)) from exc
         info = view.info
         if info.status == "cancelled":
-            return f"Image {info.id} is cancelled."
-        if view.finished:
-            return f"Image {info.id} was already {info.status}: nothing to cancel."
-        return f"Image {info.id} will stop at its next denoising step; get_image then says cancelled."
+            message = f"Image {info.id} is cancelled."
+        elif view.finished:
+            message = f"Image {info.id} was already {info.status}: nothing to cancel."
+        else:
+            message = f"Image {info.id} will stop at its next denoising step; get_image then says cancelled."
+        done = CancelImageResult(image=info, cancelled=info.status == "cancelled", message=message)
+        return result(done, [TextContent(type="text", text=message)])
 
     mcp.add_tool(
         cancel_image,
         title="Cancel image",
         description=description(cancel_image),
-        annotations=ANNOTATIONS,
+        annotations=ToolAnnotations(
+            title="Cancel image",
+            readOnlyHint=False,
+            destructiveHint=True,
+            idempotentHint=True,
+            openWorldHint=False,
+        ),
     )

@@ -1,0 +1,41 @@
+"""What the fault tests share: two (or more) signed Entra users on one HTTP endpoint."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from tests.jwks import JwksServer, SigningKey, Tenant
+
+TENANT = Tenant(str(uuid.uuid4()), str(uuid.uuid4()))
+
+
+def auth_overrides(jwks: JwksServer) -> dict[str, Any]:
+    return {
+        "azure_ad_tenant_id": TENANT.tenant_id,
+        "azure_ad_client_id": TENANT.client_id,
+        "auth_jwks_url": jwks.url,
+    }
+
+
+class User:
+    """One signed-in person: a token of their own, and their owner id as records store it."""
+
+    def __init__(self, key: SigningKey, **claims: Any) -> None:
+        self.oid = str(uuid.uuid4())
+        self.token = key.sign(TENANT.v2_claims(oid=self.oid, **claims))
+        self.owner = f"{TENANT.tenant_id}/{self.oid}".lower()
+
+    @asynccontextmanager
+    async def session(self, base: str) -> AsyncIterator[Client]:
+        async with (
+            create_mcp_http_client(headers={"Authorization": f"Bearer {self.token}"}) as http,
+            Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client,
+        ):
+            yield client
