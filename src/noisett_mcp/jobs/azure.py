@@ -233,4 +233,5 @@ class AzureJobQueue:
                     self.timer.record(time.monotonic() - job.started, job.total_steps)
                 job.steps_done = job.total_steps
                 job.finish("done")
+            job.settle()  # the workers wrote the final records
             del self._followed[job.id]

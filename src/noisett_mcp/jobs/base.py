@@ -42,6 +42,7 @@ class Job:
     # small for them: a worker elsewhere loads them from the store).
     source: bytes | None = field(default=None, repr=False)
     done: anyio.Event = field(default_factory=anyio.Event)
+    settled: anyio.Event = field(default_factory=anyio.Event)  # finished, and its final records saved
     # Serializes writes of the job's records: a progress write must never land after the final one.
     records_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -61,6 +62,10 @@ class Job:
         self.error = error
         self.finished_at = time.monotonic()
         self.done.set()
+
+    def settle(self) -> None:
+        """Its final records are written: the store answers for it from now on."""
+        self.settled.set()
 
 
 class StepTimer:

@@ -15,6 +15,7 @@ import anyio
 
 from noisett_mcp.errors import QueueFull, UserQueueFull
 from noisett_mcp.jobs.base import Job, StepTimer
+from noisett_mcp.jobs.records import save_records
 from noisett_mcp.jobs.runner import JobRunner
 
 
@@ -80,6 +81,12 @@ class LocalJobQueue:
         if job in self._waiting:
             self._remove(job)
             job.finish("cancelled", "cancelled before it started")
+            # It never reaches the runner: its final record is written here, or it would say `queued`.
+            try:
+                with anyio.CancelScope(shield=True):
+                    await save_records(self._runner.store, job)
+            finally:
+                job.settle()
 
     def _remove(self, job: Job) -> None:
         at = self._waiting.index(job)

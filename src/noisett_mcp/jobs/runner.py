@@ -166,7 +166,10 @@ class JobRunner:
             job.finish("failed", describe_failure(exc))
             if self._engine is not None:
                 await anyio.to_thread.run_sync(self._engine.free_memory)
-        await save_records(self.store, job)
+        try:
+            await save_records(self.store, job)
+        finally:
+            job.settle()
         self.telemetry.job_finished(job)
 
     def _prepare_style(self, engine: Engine, job: Job) -> Style | None:
