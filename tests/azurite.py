@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -128,10 +129,22 @@ class Azurite:
                     ) from None
                 time.sleep(0.05)
 
+    def freeze(self) -> None:
+        """SIGSTOP every service: connections are accepted by the kernel and then hang, as a hung
+        account does (not refused, as a stopped one is)."""
+        for proc in self._procs.values():
+            proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: the frozen services answer again, with what they held."""
+        for proc in self._procs.values():
+            proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop every service by its process id (SIGTERM, then SIGKILL after 10 s)."""
         for proc in self._procs.values():
             if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a frozen process cannot act on SIGTERM
                 proc.terminate()
         for proc in self._procs.values():
             try:

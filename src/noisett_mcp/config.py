@@ -144,6 +144,13 @@ class Settings(BaseSettings):
     blob_styles_container: str = Field(
         "loras", description="Container of styles, mirrored to the styles folder."
     )
+    storage_deadline_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=120,
+        description="The longest a request waits on Blob storage; past it writes go to the spool (uploaded "
+        "later), reads fail fast, and /health says `reachable: false`.",
+    )
     sas_minutes: float = Field(
         15.0, gt=0, le=7 * 24 * 60, description="Lifetime of the read-only SAS links to full images."
     )

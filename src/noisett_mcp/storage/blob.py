@@ -12,6 +12,7 @@ Importing this module costs about 0.6 s (the Azure SDK): `open_store` imports it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -215,13 +216,23 @@ class BlobImageStore:
     uploaded (at once while storage answers, else by the background task in `run`); reads look in the
     spool first, so an image made during an outage is still served by the replica that made it."""
 
-    def __init__(self, account: BlobAccount, spool: Spool, container: str, sas_minutes: float = 15.0) -> None:
+    def __init__(
+        self,
+        account: BlobAccount,
+        spool: Spool,
+        container: str,
+        sas_minutes: float = 15.0,
+        deadline: float = 5.0,
+    ) -> None:
         self.account = account
         self.spool = spool
         self.container_name = container
         self.container = account.container(container)
         self.sas_minutes = sas_minutes
-        self.uploader = SpoolUploader(spool, self, is_outage, describe_error)
+        self.deadline = deadline  # the longest a request waits on Blob (a hung account must not stall it)
+        self.uploader = SpoolUploader(
+            spool, self, is_outage, describe_error, deadline=deadline, probe=self._probe
+        )
 
     # --- ImageStore ---
     async def save_record(self, record: ImageRecord) -> None:
@@ -250,7 +261,8 @@ class BlobImageStore:
         if await self.spool.load_image(check_image_id(image_id)) is not None:
             return None  # not uploaded yet: no link can reach it
         try:
-            return await self.account.sas_url(self.container_name, image_id, self.sas_minutes)
+            with anyio.fail_after(self.deadline):
+                return await self.account.sas_url(self.container_name, image_id, self.sas_minutes)
         except Exception as exc:  # a user delegation key needs storage: no link beats no answer
             log.warning("no SAS link for %s: %s", image_id, describe_error(exc))
             return None
@@ -358,7 +370,8 @@ class BlobImageStore:
             content_md5=bytearray(hashlib.md5(data).digest()),
         )
         try:
-            await self._upload(name, data, settings, None)
+            with anyio.fail_after(self.deadline):
+                await self._upload(name, data, settings, None)
         except Exception as exc:
             raise StorageUnavailable(f"cannot reach image storage ({describe_error(exc)})") from exc
 
@@ -389,15 +402,23 @@ class BlobImageStore:
                 f"upload of {name} did not verify: {properties.size} bytes stored of {len(data)}"
             )
 
+    async def _probe(self) -> None:
+        """The cheapest read that shows the account answers (a missing container is an answer)."""
+        with contextlib.suppress(ResourceNotFoundError):
+            await self.container.get_container_properties()
+
     async def _download(self, name: str) -> tuple[bytes, str] | None:
-        """A blob's bytes and content type; None when it (or its container) does not exist."""
+        """A blob's bytes and content type; None when it (or its container) does not exist. Gives up
+        after the deadline: a hung account fails the read fast (StorageUnavailable)."""
         try:
-            downloader = await self.container.download_blob(name)
-            data = await downloader.readall()
+            with anyio.fail_after(self.deadline):
+                downloader = await self.container.download_blob(name)
+                data = await downloader.readall()
         except ResourceNotFoundError:
             return None
         except Exception as exc:
             if is_outage(exc):
+                self.uploader.unreachable(exc)
                 message = (
                     f"image storage is unreachable right now ({describe_error(exc)}); try again in a minute"
                 )
@@ -416,7 +437,8 @@ def open_blob_store(settings: Settings) -> BlobImageStore:
     started = time.perf_counter()
     account = BlobAccount.from_settings(settings)
     container = settings.blob_images_container
-    store = BlobImageStore(account, Spool(settings.spool_dir), container, settings.sas_minutes)
+    spool = Spool(settings.spool_dir)
+    store = BlobImageStore(account, spool, container, settings.sas_minutes, settings.storage_deadline_seconds)
     log.info(
         "images in Azure Blob Storage: account %s, container %r (%s; spool %s; %.2f s)",
         account.name,

@@ -10,7 +10,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -126,7 +126,11 @@ class SpoolUploader:
     background task that retries with exponential backoff and full jitter. A restart drains the spool.
 
     `is_outage(exc)` says whether a failure means storage is unreachable (stop this round and back
-    off) rather than a problem with one entry (log it, keep the entry, go on with the others)."""
+    off) rather than a problem with one entry (log it, keep the entry, go on with the others).
+
+    A request never waits on storage longer than `deadline` seconds: past it, the entry stays in the
+    spool and storage counts as unreachable. Storage that hangs rather than refuses is noticed without
+    any request too: `probe` (a cheap read) runs whenever storage has not answered for `deadline` s."""
 
     def __init__(
         self,
@@ -137,6 +141,8 @@ class SpoolUploader:
         *,
         min_backoff: float = 0.5,
         max_backoff: float = 30.0,
+        deadline: float = 5.0,
+        probe: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.spool = spool
         self.uploads = uploads
@@ -144,8 +150,11 @@ class SpoolUploader:
         self.describe = describe
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
+        self.deadline = deadline
+        self.probe = probe
         self.healthy = True
         self._outage_since: float | None = None
+        self._last_answer = time.monotonic()
         self._work = anyio.Event()  # new entries to upload
         self._recovered = anyio.Event()  # a request reached storage again: stop backing off
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
@@ -155,7 +164,8 @@ class SpoolUploader:
         leave it to the background task. Never raises a storage error: the spool holds the data."""
         if self.healthy:
             try:
-                await self.upload(image_id)
+                with anyio.fail_after(self.deadline):
+                    await self.upload(image_id)
                 return
             except Exception as exc:
                 self._failed(exc, image_id)
@@ -183,11 +193,42 @@ class SpoolUploader:
 
     def reached_storage(self) -> None:
         """A request just succeeded: if uploads are backing off, retry now."""
+        self._last_answer = time.monotonic()
         if not self.healthy:
             self._recovered.set()
 
+    def unreachable(self, exc: BaseException) -> None:
+        """A read found storage unreachable (or hung past the deadline): report it, as an upload would."""
+        self._failed(exc, "a read")
+
     async def run(self) -> None:
-        """Drain the spool, then wait for work; back off while storage is unreachable."""
+        """Upload what the spool holds and, with a probe, watch that storage still answers."""
+        async with anyio.create_task_group() as tg:
+            if self.probe is not None:
+                tg.start_soon(self._watch)
+            await self._upload_forever()
+
+    async def _watch(self) -> None:
+        """Probe storage whenever it has been silent for half a deadline: a hang shows on /health within
+        about 1.5 deadlines, and recovery as soon as it answers again."""
+        assert self.probe is not None
+        quiet = self.deadline / 2
+        while True:
+            await anyio.sleep(max(0.0, self._last_answer + quiet - time.monotonic()))
+            if time.monotonic() - self._last_answer < quiet:
+                continue
+            try:
+                with anyio.fail_after(self.deadline):
+                    await self.probe()
+            except Exception as exc:
+                if self.is_outage(exc):
+                    self._failed(exc, "a health probe")
+                self._last_answer = time.monotonic()  # probe again half a deadline from now
+            else:
+                self._last_answer = time.monotonic()
+                self._succeeded()
+
+    async def _upload_forever(self) -> None:
         failures = 0
         while True:
             self._work = anyio.Event()
@@ -228,6 +269,7 @@ class SpoolUploader:
             log.warning("storage still unreachable: %s", self.describe(exc))
 
     def _succeeded(self) -> None:
+        self._last_answer = time.monotonic()
         if not self.healthy:
             down = time.monotonic() - (self._outage_since or time.monotonic())
             log.warning("storage reachable again after %.0f s; uploading the spool", down)
