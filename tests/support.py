@@ -171,3 +171,13 @@ def add_style(folder: Path, stem: str, adapter: Path | None, **fields: Any) -> P
     manifest = folder / f"{stem}.toml"
     manifest.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
     return manifest
+
+
+@asynccontextmanager
+async def served_process(
+    env: dict[str, str], log_path: Path, timeout: float = 60
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """`cli_http_server`, yielding the process too (for tests that signal it)."""
+    started: list[subprocess.Popen[bytes]] = []
+    async with cli_http_server(env, log_path, timeout, started) as base:
+        yield started[0], base

@@ -89,6 +89,18 @@ class Settings(BaseSettings):
         description="App roles whose holders may cancel anyone's job with cancel_image (operators); "
         "everyone else may cancel only their own.",
     )
+    heartbeat_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often a process rewrites the records of its unfinished jobs, so that other "
+        "replicas see it is alive.",
+    )
+    heartbeat_timeout_seconds: float = Field(
+        45.0,
+        gt=0,
+        description="A queued or running image whose records have not been rewritten for this long is "
+        "reported failed (its process died), and its record is rewritten to say so.",
+    )
     queue: Literal["local", "azure"] = Field(
         "local",
         description="`local`: one process renders. `azure`: `serve` is a front that queues jobs on an Azure "

@@ -21,7 +21,7 @@ from noisett_mcp.errors import ImageNotFound, NoisettError, RequestError
 from noisett_mcp.jobs import Job, JobQueue, JobRunner, open_queue
 from noisett_mcp.jobs.calls import Calls
 from noisett_mcp.jobs.progress import ProgressFn, ProgressReporter
-from noisett_mcp.jobs.records import image_progress, save_records
+from noisett_mcp.jobs.records import heartbeat_age, image_progress, process_gone, save_records
 from noisett_mcp.jobs.runner import default_geometry
 from noisett_mcp.schemas import (
     DEFAULT_STRENGTH,
@@ -37,7 +37,14 @@ from noisett_mcp.schemas import (
     rendered_size,
 )
 from noisett_mcp.sources import Source
-from noisett_mcp.storage import ImageStore, JobControl, StoredImage, check_image_id, open_store
+from noisett_mcp.storage import (
+    ImageRecord,
+    ImageStore,
+    JobControl,
+    StoredImage,
+    check_image_id,
+    open_store,
+)
 from noisett_mcp.styles.catalog import StyleCatalog
 from noisett_mcp.styles.manifest import BASE_STYLE, MAX_STRENGTH, Style
 from noisett_mcp.telemetry import Telemetry
@@ -83,6 +90,8 @@ class Noisett:
         self._tg.start_soon(self.queue.run)
         self._tg.start_soon(self.store.run)  # Blob: uploads what the spool holds, a restart's included
         self._tg.start_soon(self._sweep_images)
+        if not self.queue.durable:  # GPU workers write their own heartbeats
+            self._tg.start_soon(self._heartbeat)
         if (account := self.store.account) is not None:
             from noisett_mcp.storage.sync import keep_styles_synced
 
@@ -125,6 +134,18 @@ class Noisett:
                 if removed:
                     log.info("retention: deleted %d image(s) older than %g days", removed, days)
             await anyio.sleep(RETENTION_SWEEP_SECONDS)
+
+    async def _heartbeat(self) -> None:
+        """Rewrite the records of this process's unfinished jobs every NOISETT_HEARTBEAT_SECONDS: another
+        replica reading them knows the job is alive here (and sees its progress)."""
+        while True:
+            await anyio.sleep(self.settings.heartbeat_seconds)
+            for job in {id(job): job for job in self._jobs.values()}.values():
+                if not job.finished:
+                    try:
+                        await save_records(self.store, job)
+                    except Exception as exc:  # the next beat tries again
+                        log.warning("heartbeat of job %s failed: %s", job.id, _first_line(exc))
 
     # --- requests ---
     def render_geometry(self) -> tuple[int, int]:
@@ -336,11 +357,27 @@ class Noisett:
             info = info.model_copy(update={"status": status, "progress": image_progress(job, index)})
             return ImageView(info, self.queue.eta(job), self.queue.position(job))
         if info.status not in FINISHED and not self.queue.durable:
-            # Its job lived in a process that is gone (a restart): it will never finish.
-            info = info.model_copy(
-                update={"status": "failed", "error": "interrupted by a server restart; generate it again"}
-            )
+            info = await self._elsewhere(record)
         return ImageView(await self._with_url(info) if info.status == "done" else info)
+
+    async def _elsewhere(self, record: ImageRecord) -> ImageInfo:
+        """An unfinished image whose job is not in this process: running on another replica while its
+        owner's heartbeat is fresh; otherwise its process died, and the record is rewritten to say so
+        (else it would say `running` forever)."""
+        age = heartbeat_age(record)
+        limit = self.settings.heartbeat_timeout_seconds
+        if process_gone(record.worker):
+            error = "interrupted by a server restart; generate it again"
+        elif age is None or age > limit:
+            error = f"the server making it stopped (no sign of life for over {limit:g} s); generate it again"
+        else:
+            return record.info()  # alive elsewhere: that replica has the live progress
+        failed = record.model_copy(update={"status": "failed", "error": error})
+        try:
+            await self.store.save_record(failed)
+        except Exception as exc:  # the answer stands; the next reader tries again
+            log.warning("could not mark image %s failed: %s", record.id, _first_line(exc))
+        return failed.info()
 
     async def _with_url(self, info: ImageInfo) -> ImageInfo:
         """The store's link to the full image, made per view and never stored: a SAS link expires."""

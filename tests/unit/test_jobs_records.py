@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from noisett_mcp.jobs.records import finished_record, image_progress, image_record
+import os
+import socket
+import subprocess
+import sys
+
+from noisett_mcp.jobs.records import PROCESS_ID, finished_record, image_progress, image_record, process_gone
 from tests.unit.test_jobs_local import make_job
 
 
@@ -35,3 +40,15 @@ def test_the_images_of_a_batch_advance_together_and_the_record_says_which_render
     assert (
         image_record(job, 2).batch == [1, 4] and "batch" not in finished_record(job, 2, 8, 8, {}).parameters()
     )
+
+
+def test_a_record_names_its_process_and_a_gone_one_is_told_from_a_live_one() -> None:
+    host = socket.gethostname()
+    assert PROCESS_ID.startswith(f"{host}:{os.getpid()}:")
+    assert not process_gone(PROCESS_ID) and not process_gone(None)
+    assert process_gone(f"{host}:{os.getpid()}:00000000"), "our pid with another token: before a restart"
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    assert process_gone(f"{host}:{done.stdout.strip()}:abcd")
+    assert not process_gone(f"another-host:{done.stdout.strip()}:abcd"), "elsewhere: only a heartbeat tells"

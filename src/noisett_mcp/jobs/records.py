@@ -3,10 +3,40 @@ store can answer for its images."""
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from datetime import UTC, datetime
 
 from noisett_mcp.jobs.base import Job
 from noisett_mcp.storage.base import ImageRecord, ImageStore
+
+# This process, as records name it: host, pid, and a token that tells a restarted pid 1 from the last.
+PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def process_gone(worker: str | None) -> bool:
+    """True when `worker` names a process of this host that is no longer running (a restart)."""
+    host, _, rest = (worker or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or worker == PROCESS_ID:
+        return False
+    if int(pid) == os.getpid():
+        return True  # our pid, another token: the process before a restart
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def heartbeat_age(record: ImageRecord) -> float | None:
+    """Seconds since the record's owner last wrote it, or None for a record without a heartbeat."""
+    if record.heartbeat_at is None:
+        return None
+    return (datetime.now(UTC) - datetime.fromisoformat(record.heartbeat_at)).total_seconds()
 
 
 def image_progress(job: Job, index: int) -> float:
@@ -40,6 +70,8 @@ def image_record(job: Job, index: int) -> ImageRecord:
         seed=spec.seeds[index],
         **spec.model_dump(exclude={"seeds"}),
         created_at=job.created_at,
+        worker=PROCESS_ID,
+        heartbeat_at=now_iso(),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -149,11 +150,14 @@ class Worker:
                 tg.cancel_scope.cancel()
 
     async def _write_progress(self, job: Job) -> None:
-        written = -1
+        """Progress as it changes, and a heartbeat at least every NOISETT_HEARTBEAT_SECONDS (while the
+        model loads, say): the records show the job is alive."""
+        written, beat = -1, time.monotonic()
         while True:
             await anyio.sleep(PROGRESS_SECONDS)
-            if job.status == "running" and job.steps_done != written:
-                written = job.steps_done
+            due = time.monotonic() - beat >= self.settings.heartbeat_seconds
+            if job.status == "running" and (job.steps_done != written or due):
+                written, beat = job.steps_done, time.monotonic()
                 await save_records(self.store, job)
 
     async def _watch_cancel(self, job: Job) -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from noisett_mcp.storage.blob import BlobAccount
 
 # Job state: changes while the job runs, so it is not part of an image's parameters.
-JOB_STATE_FIELDS = frozenset({"status", "progress", "error", "steps_done", "batch"})
+JOB_STATE_FIELDS = frozenset({"status", "progress", "error", "steps_done", "batch", "worker", "heartbeat_at"})
 
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -53,6 +53,10 @@ class ImageRecord(ImageInfo):
     steps_done: int = 0  # job-wide: a front follows a worker's progress by it
     # Job-wide: [first, stop) of the images rendering together in one batch now, if any.
     batch: list[int] = Field(default_factory=list)
+    # Which process owns the job, and when it last said so: another replica tells a job running
+    # elsewhere from one whose process died by these.
+    worker: str | None = None
+    heartbeat_at: str | None = None
     created_at: str
     finished_at: str | None = None
     versions: dict[str, str] | None = None
