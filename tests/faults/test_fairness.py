@@ -12,6 +12,7 @@ import pytest
 from noisett_mcp.config import Settings
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
+from tests.azurite import blob_settings, running_azurite, skip_without_azurite
 from tests.faults.common import User, auth_overrides
 from tests.jwks import JwksServer, SigningKey
 from tests.support import poll_until, serve_asgi
@@ -87,3 +88,33 @@ async def test_a_queue_hog_meets_its_limit_and_the_other_user_runs_next(
         assert service.queue.depth == 0
         await alice.call_tool("cancel_image", {"image_id": service.queue.running.image_ids[0]})
         await poll_until(lambda: service.queue.running is None and service.queue.depth == 0, timeout=60)
+
+
+async def test_in_the_split_layout_the_front_enforces_the_per_user_limit(
+    make_settings: Callable[..., Settings], key: SigningKey, jwks: JwksServer
+) -> None:
+    skip_without_azurite()
+    a, b = User(key), User(key)
+    with running_azurite(("blob", "queue")) as azurite:
+        settings = make_settings(
+            **blob_settings(azurite),
+            **auth_overrides(jwks),
+            queue="azure",
+            queue_name=f"jobs-{uuid.uuid4().hex[:8]}",
+            max_queue=8,
+            max_queue_per_user=2,
+        )
+        service = Noisett(settings)  # a front: no worker takes the jobs, so they stay queued
+        async with serve_asgi(create_app(service)) as base, a.session(base) as alice, b.session(base) as bob:
+            for _ in range(2):
+                assert not (await alice.call_tool("generate_image", LONG)).is_error
+            refused = await alice.call_tool("generate_image", LONG)
+            assert refused.is_error and "NOISETT_MAX_QUEUE_PER_USER=2" in refused.content[0].text
+            mine = await bob.call_tool("generate_image", LONG)
+            assert not mine.is_error, mine.content
+            # Cancelled on the front, the job's control record tells the worker that would take it.
+            image_id = mine.structured_content["images"][2]["id"]
+            stopping = await bob.call_tool("cancel_image", {"image_id": image_id})
+            assert not stopping.is_error and "next denoising step" in stopping.content[0].text
+            job_id = (await service.store.load_record(image_id)).job_id
+            assert (await service.store.load_control(job_id)).cancel is True

@@ -25,17 +25,18 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ServiceRequestError, ServiceResponseError
 from azure.storage.queue.aio import QueueClient
 from opentelemetry import propagate
 
 from noisett_mcp.config import Settings
-from noisett_mcp.errors import QueueFull, UserQueueFull
+from noisett_mcp.errors import QueueFull, StorageUnavailable, UserQueueFull
 from noisett_mcp.jobs.base import Job, StepTimer
 from noisett_mcp.schemas import FINISHED, GenerationSpec
 from noisett_mcp.storage.base import ImageRecord, ImageStore, JobControl
@@ -132,8 +133,9 @@ class AzureJobQueue:
         return ()
 
     async def ensure_room(self, job: Job) -> None:
-        await self._ensure_ready()
-        properties = await self.client.get_queue_properties()
+        async with self._deadline("read the job queue"):
+            await self._ensure_ready()
+            properties = await self.client.get_queue_properties()
         self.length = properties.approximate_message_count or 0
         if self.length >= self.max_queue:
             raise QueueFull(self.length, self.timer.estimate(self.length * job.total_steps))
@@ -148,7 +150,8 @@ class AzureJobQueue:
             # A message holds 64 KiB: the source's bytes go to the store, and the worker loads them from
             # there by sha256 (a source image of the caller's is already stored, under its id).
             await self.store.save_source(spec.source_sha256, job.source)
-        await self.client.send_message(JobMessage.of(job).encode())
+        async with self._deadline("queue the job"):
+            await self.client.send_message(JobMessage.of(job).encode())
         self.length += 1
         self._followed[job.id] = job
 
@@ -193,6 +196,18 @@ class AzureJobQueue:
             await self._follow(job)
 
     # --- internals ---
+    @contextlib.asynccontextmanager
+    async def _deadline(self, what: str) -> AsyncIterator[None]:
+        """A request waits on the queue no longer than NOISETT_STORAGE_DEADLINE_SECONDS."""
+        try:
+            with anyio.fail_after(self.settings.storage_deadline_seconds):
+                yield
+        except (TimeoutError, ServiceRequestError, ServiceResponseError, OSError) as exc:
+            raise StorageUnavailable(
+                f"cannot {what}: the storage queue is unreachable right now ({type(exc).__name__}); "
+                "try again in a minute"
+            ) from exc
+
     async def _ensure_ready(self) -> None:
         if not self._ready:
             await ensure_queue(self.client)
