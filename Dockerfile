@@ -63,11 +63,7 @@ RUN groupadd --gid 10001 noisett \
     && chown 10001:10001 /data
 COPY --from=build /opt/noisett /opt/noisett
 COPY --from=weights --chown=10001:10001 /models /models
-# MALLOC_ARENA_MAX: glibc's per-thread arenas fragment under many short calls (each runs in a pooled
-# thread); two arenas keep RSS flat over abandoned generations (benchmarks/bench_faults.py: +1.9 %
-# over 1,000 calls, against +4.6 % to +6.1 % with glibc's default).
 ENV PATH=/opt/noisett/bin:$PATH \
-    MALLOC_ARENA_MAX=2 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     NVIDIA_VISIBLE_DEVICES=all \
