@@ -273,10 +273,17 @@ async def _in_daemon_thread(function: Callable[[Settings], Engine], settings: Se
     return outcome["engine"]
 
 
+# One model load at a time in a process. from_pretrained builds modules under a global patch of
+# torch.nn (accelerate's init_empty_weights); two loads at once can restore each other's patch and leave
+# every later module on the meta device. An abandoned load (a client gone) thus finishes before the next.
+_LOADING = threading.Lock()
+
+
 def _load_engine(settings: Settings) -> Engine:
     from noisett_mcp.engine.pipeline import Engine  # torch is imported here, in a worker thread
 
-    return Engine(settings)
+    with _LOADING:
+        return Engine(settings)
 
 
 def _versions() -> dict[str, str]:
