@@ -143,7 +143,7 @@ async function fullScenario(page) {
     () => window.host.openApp("generate_image", {
       prompt: "a lighthouse on a cliff at dusk, flat brand colours",
       count: 2,
-      steps: 8,
+      steps: 40, // long enough on a fast, idle machine for several 400 ms polls to see it run
       wait: false,
     }),
   );
@@ -210,7 +210,7 @@ async function fullScenario(page) {
   );
   check(more.from === `app-${first}` && more.arguments.count === 2 && more.arguments.seed === undefined,
         `new seeds, same count (${JSON.stringify(more.arguments)})`);
-  check(more.arguments.prompt.startsWith("a lighthouse") && more.arguments.steps === 8, "same prompt and steps");
+  check(more.arguments.prompt.startsWith("a lighthouse") && more.arguments.steps === 40, "same prompt and steps");
   // The README's picture: one request done, the next one rendering.
   const frameElement = page.locator(`iframe[name="app-${first}"]`);
   await until("the new request rendering", async () =>
