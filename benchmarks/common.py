@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 import tempfile
 import time
@@ -18,6 +19,7 @@ _CACHE = Path(tempfile.gettempdir()) / "noisett-bench-models"
 
 # Log as `noisett-mcp serve` does (our formatter, INFO), not with the SDK's console default.
 configure_logging("INFO")
+logging.getLogger("httpx2").setLevel(logging.WARNING)  # the benchmarks' own client: one line per request
 
 
 def demo_settings(**overrides: object) -> Settings:
