@@ -144,3 +144,5 @@ class LocalJobQueue:
             finally:
                 self._running = None
                 self._rounds.pop(job, None)
+            if not self._waiting:
+                await self._runner.release_memory()

@@ -11,7 +11,6 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -29,7 +28,9 @@ from noisett_mcp.errors import (
     StyleUnavailable,
     needs_azure_storage,
 )
+from noisett_mcp.heap import HeapTrimmer
 from noisett_mcp.jobs.base import Job
+from noisett_mcp.jobs.engine_thread import EngineThread
 from noisett_mcp.jobs.records import finished_record, save_records
 from noisett_mcp.schemas import DEMO_RENDER_SIDE
 from noisett_mcp.storage.base import ImageStore
@@ -62,6 +63,8 @@ class JobRunner:
         self.unavailable: ModelUnavailable | None = None  # set once: every later job fails with it
         self._engine: Engine | None = None
         self._engine_lock = anyio.Lock()
+        self._heap = HeapTrimmer()
+        self._thread = EngineThread()  # the model load, renders, encodes: one thread (engine_thread)
 
     # --- the engine ---
     def start_preload(self, task_group: TaskGroup) -> None:
@@ -80,7 +83,8 @@ class JobRunner:
                 self.engine_state, self.engine_error = "loading", None
                 try:
                     settings = await self._model_settings()
-                    self._engine = await _in_daemon_thread(_load_engine, settings)
+                    # Abandonable: a server whose client left exits at once, not when the load ends.
+                    self._engine = await self._thread.run(_load_engine, settings, abandon_on_cancel=True)
                 except ModelUnavailable as exc:  # a user's error: one line, no traceback
                     self.engine_state, self.engine_error, self.unavailable = "error", str(exc), exc
                     log.error("%s", exc)
@@ -143,7 +147,7 @@ class JobRunner:
             engine = await self.engine()
             if job.cancel_requested:
                 raise GenerationCancelled
-            style = await anyio.to_thread.run_sync(self._prepare_style, engine, job)
+            style = await self._thread.run(self._prepare_style, engine, job)
             source = await self._source(job)
             job.status, job.started = "running", time.monotonic()
             self.telemetry.job_started(job)
@@ -165,12 +169,17 @@ class JobRunner:
             self.telemetry.job_failed(job, exc)
             job.finish("failed", describe_failure(exc))
             if self._engine is not None:
-                await anyio.to_thread.run_sync(self._engine.free_memory)
+                await self._thread.run(self._engine.free_memory)
         try:
             await save_records(self.store, job)
         finally:
             job.settle()
         self.telemetry.job_finished(job)
+
+    async def release_memory(self) -> None:
+        """Give the heap pages freed by the last jobs back to the OS (`heap`). Call it between jobs,
+        when no other job is waiting: it takes milliseconds, and at most once a second."""
+        await self._thread.run(self._heap.trim)
 
     def _prepare_style(self, engine: Engine, job: Job) -> Style | None:
         """In a worker thread, before the job runs: pick up added, changed and removed styles, and get
@@ -203,7 +212,7 @@ class JobRunner:
             data = await self.store.load_source(spec.source_sha256)
         if data is None or hashlib.sha256(data).hexdigest() != spec.source_sha256:
             raise SourceUnavailable("its source image is no longer stored (it expired); send it again")
-        return await anyio.to_thread.run_sync(sources.fit, data, spec.width, spec.height)
+        return await self._thread.run(sources.fit, data, spec.width, spec.height)
 
     async def _render(
         self, engine: Engine, job: Job, style: Style | None, source: Image.Image | None
@@ -232,13 +241,13 @@ class JobRunner:
         # Set until the batch is stored, so that progress read meanwhile still counts batch steps.
         job.batch = range(indices[0], indices[-1] + 1) if len(indices) > 1 else range(0)
         try:
-            rendered = await anyio.to_thread.run_sync(
+            rendered = await self._thread.run(
                 engine.generate_batch, job.spec, indices, on_step, lambda: job.cancel_requested, style, source
             )
             for index, image in zip(indices, rendered, strict=True):
                 record = finished_record(job, index, image.width, image.height, _versions())
                 fmt = images.FORMATS[job.spec.format]
-                data = await anyio.to_thread.run_sync(images.encode, image, fmt.name, record.parameters())
+                data = await self._thread.run(images.encode, image, fmt.name, record.parameters())
                 async with job.records_lock:
                     await self.store.save_image(data, fmt.mime_type, record)
                     job.images_done = index + 1
@@ -252,30 +261,10 @@ def default_geometry(settings: Settings) -> tuple[int, int]:
     return (DEMO_RENDER_SIDE, 2) if settings.is_demo else (1024, 16)
 
 
-async def _in_daemon_thread(function: Callable[[Settings], Engine], settings: Settings) -> Engine:
-    """Run a model load in a daemon thread: it takes seconds to minutes and cannot be interrupted, and a
-    server whose client went away (stdin closed) must exit at once, not when the load ends. A cancelled
-    waiter abandons the thread."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["engine"] = function(settings)
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="noisett-model-load", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        await anyio.sleep(0.05)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["engine"]
-
-
 # One model load at a time in a process. from_pretrained builds modules under a global patch of
 # torch.nn (accelerate's init_empty_weights); two loads at once can restore each other's patch and leave
-# every later module on the meta device. An abandoned load (a client gone) thus finishes before the next.
+# every later module on the meta device. Each runner loads on its own engine thread, and a process may
+# hold several runners (tests do); an abandoned load (a client gone) thus finishes before the next.
 _LOADING = threading.Lock()
 
 

@@ -117,6 +117,7 @@ class Worker:
             finally:
                 self.current = None
         self.jobs_done += 1
+        await self.runner.release_memory()  # a GPU job takes seconds: no other job waits on this
         log.info("job %s %s", job.id, job.status)
 
     async def _give_up(self, job: Job, message: QueueMessage) -> None:
