@@ -6,7 +6,6 @@ runner (this process's GPU) or the GPU workers (the Azure queue) render the jobs
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,18 +22,15 @@ from noisett_mcp.jobs.calls import Calls
 from noisett_mcp.jobs.progress import ProgressFn, ProgressReporter
 from noisett_mcp.jobs.records import heartbeat_age, image_progress, process_gone, save_records
 from noisett_mcp.jobs.runner import default_geometry
+from noisett_mcp.jobs.specs import resolve_spec
 from noisett_mcp.schemas import (
-    DEFAULT_STRENGTH,
     FINISHED,
-    IMAGE_TO_IMAGE_VARIANTS,
-    MAX_SEED,
     VARIANT_DEFAULTS,
     GenerationRequest,
     GenerationSpec,
     ImageInfo,
     StyleInfo,
     new_image_id,
-    rendered_size,
 )
 from noisett_mcp.sources import Source
 from noisett_mcp.storage import (
@@ -46,7 +42,7 @@ from noisett_mcp.storage import (
     open_store,
 )
 from noisett_mcp.styles.catalog import StyleCatalog
-from noisett_mcp.styles.manifest import BASE_STYLE, MAX_STRENGTH, Style
+from noisett_mcp.styles.manifest import BASE_STYLE
 from noisett_mcp.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -231,23 +227,9 @@ class Noisett:
     async def _source(self, request: GenerationRequest, given: bytes | None, owner: str) -> Source | None:
         """The checked source image of an image-to-image request, or None for text-to-image. A source
         image id goes through the same owner check as get_image: a foreign one reads as unknown."""
-        image_id = request.source_image_id
-        if image_id is None and given is None:
-            if request.strength is not None:
-                raise RequestError(
-                    "strength applies only with a source image: pass source_image_id or source_image too"
-                )
+        if not sources.wanted(request, given is not None, self.settings.resolved_variant):
             return None
-        if image_id is not None and given is not None:
-            raise RequestError("give one source image: source_image_id or source_image, not both")
-        if self.settings.resolved_variant not in IMAGE_TO_IMAGE_VARIANTS:
-            variant = self.settings.resolved_variant.title()
-            raise RequestError(
-                f"this server runs HiDream-I1-{variant}, whose scheduler cannot start part-way through its "
-                "schedule (diffusers ignores custom sigmas for UniPC), so it cannot start from a source "
-                "image. HiDream-I1-Dev and -Fast can (NOISETT_VARIANT names the variant); leave the "
-                "source out here."
-            )
+        image_id = request.source_image_id
         if image_id is not None:
             view = await self.view(image_id, owner)
             if view.info.status != "done":
@@ -267,39 +249,7 @@ class Noisett:
             chosen = (await anyio.to_thread.run_sync(self.styles.refresh)).resolve(request.style)
         except LookupError as exc:
             raise RequestError(str(exc)) from exc
-        default_steps, default_guidance = VARIANT_DEFAULTS[self.settings.resolved_variant]
-        steps, guidance = request.steps, request.guidance
-        prompt, negative = request.prompt, request.negative_prompt
-        strength = 0.0
-        if chosen is not None:
-            strength = _style_strength(chosen, request.style_strength)
-            prompt, negative = chosen.prompt(prompt), chosen.negative_prompt(negative)
-            steps = steps or chosen.manifest.steps
-            guidance = chosen.manifest.guidance if guidance is None else guidance
-        first_seed = random.randrange(MAX_SEED + 1) if request.seed is None else request.seed
-        width, height = rendered_size(request.aspect_ratio, *self.render_geometry())
-        return GenerationSpec(
-            prompt=prompt,
-            negative_prompt=negative,
-            user_prompt=request.prompt,
-            user_negative_prompt=request.negative_prompt,
-            style=request.style,
-            style_strength=strength,
-            style_sha256=chosen.sha256 if chosen else None,
-            aspect_ratio=request.aspect_ratio,
-            width=width,
-            height=height,
-            steps=steps or default_steps,
-            guidance=default_guidance if guidance is None else guidance,
-            seeds=[(first_seed + i) % (MAX_SEED + 1) for i in range(request.count)],
-            format=request.format,
-            model=self.settings.model,
-            variant=self.settings.resolved_variant,
-            source_image_id=source.image_id if source else None,
-            source_sha256=source.sha256 if source else None,
-            strength=(DEFAULT_STRENGTH if request.strength is None else request.strength) if source else None,
-            source_fit=sources.describe_fit(source, width, height) if source else None,
-        )
+        return resolve_spec(request, self.settings, chosen, self.render_geometry(), source)
 
     async def wait(self, job: Job, timeout: float, report: ProgressFn | None = None) -> None:
         """Wait up to `timeout` s for the job, reporting its queue position, then every denoising step.
@@ -414,13 +364,6 @@ class Noisett:
         if (storage := self.store.health()) is not None:  # Blob: reachable or not, and what is spooled
             body["storage"] = storage
         return body
-
-
-def _style_strength(style: Style, asked: float | None) -> float:
-    strength = style.manifest.strength if asked is None else asked
-    if not 0 <= strength <= MAX_STRENGTH:
-        raise RequestError(f"style_strength must be from 0 to {MAX_STRENGTH:g}, not {strength:g}")
-    return strength
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from noisett_mcp.errors import RequestError
+from noisett_mcp.schemas import IMAGE_TO_IMAGE_VARIANTS, GenerationRequest
 
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
 # Checked on the header, before decoding: a few KB of PNG can claim gigapixels (a decompression bomb).
@@ -33,6 +34,27 @@ class Source:
     width: int
     height: int
     image_id: str | None = None  # when it is one of the caller's images
+
+
+def wanted(request: GenerationRequest, given: bool, variant: str) -> bool:
+    """Whether the request starts from a source image (by id, or `given` as bytes); raise RequestError
+    for a contradictory request, or for a variant that cannot start from one."""
+    if request.source_image_id is None and not given:
+        if request.strength is not None:
+            raise RequestError(
+                "strength applies only with a source image: pass source_image_id or source_image too"
+            )
+        return False
+    if request.source_image_id is not None and given:
+        raise RequestError("give one source image: source_image_id or source_image, not both")
+    if variant not in IMAGE_TO_IMAGE_VARIANTS:
+        raise RequestError(
+            f"this server runs HiDream-I1-{variant.title()}, whose scheduler cannot start part-way through "
+            "its schedule (diffusers ignores custom sigmas for UniPC), so it cannot start from a source "
+            "image. HiDream-I1-Dev and -Fast can (NOISETT_VARIANT names the variant); leave the "
+            "source out here."
+        )
+    return True
 
 
 def from_base64(text: str) -> bytes:

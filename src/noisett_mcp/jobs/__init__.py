@@ -7,6 +7,8 @@
   progress.py: a job's state as MCP progress notifications.
 - worker.py: `noisett-mcp worker`, a GPU worker on the Azure queue.
 - calls.py: which job an MCP request started, so that a client's cancel reaches it from any front.
+- specs.py: a request resolved into the spec its job renders (style applied, defaults filled in).
+- engine_thread.py: the one thread the runner's engine runs on.
 """
 
 from __future__ import annotations
