@@ -35,13 +35,8 @@ from noisett_mcp.schemas import new_image_id
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from noisett_mcp.storage import LocalImageStore, open_store
-from noisett_mcp.storage.blob import (
-    BlobAccount,
-    BlobImageStore,
-    decode_metadata,
-    describe_error,
-    encode_metadata,
-)
+from noisett_mcp.storage.azure_account import BlobAccount, describe_error
+from noisett_mcp.storage.blob import BlobImageStore, decode_metadata, encode_metadata
 from noisett_mcp.storage.spool import Spool
 from tests.azurite import ACCOUNT_KEY, Azurite, blob_settings, running_azurite, skip_without_azurite
 from tests.support import cli_http_server, sample_record

@@ -19,7 +19,7 @@ from noisett_mcp.errors import InvalidImageId
 from noisett_mcp.schemas import ImageInfo, is_image_id
 
 if TYPE_CHECKING:
-    from noisett_mcp.storage.blob import BlobAccount
+    from noisett_mcp.storage.azure_account import BlobAccount
 
 # Job state: changes while the job runs, so it is not part of an image's parameters.
 JOB_STATE_FIELDS = frozenset({"status", "progress", "error", "steps_done", "batch", "worker", "heartbeat_at"})

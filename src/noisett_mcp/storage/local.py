@@ -15,7 +15,7 @@ from noisett_mcp.images import BY_EXTENSION, BY_MIME_TYPE
 from noisett_mcp.storage.base import ImageRecord, JobControl, StoredImage, check_image_id, check_sha256
 
 if TYPE_CHECKING:
-    from noisett_mcp.storage.blob import BlobAccount
+    from noisett_mcp.storage.azure_account import BlobAccount
 
 CONTROL_FOLDER = "jobs"
 SOURCE_FOLDER = "sources"

@@ -26,7 +26,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob.aio import ContainerClient
 
 from noisett_mcp.config import BLOB_MODEL_SCHEME, Settings
-from noisett_mcp.storage.blob import BlobAccount, describe_error
+from noisett_mcp.storage.azure_account import BlobAccount, describe_error
 from noisett_mcp.storage.local import atomic_write
 
 log = logging.getLogger(__name__)
