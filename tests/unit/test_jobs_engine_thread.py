@@ -3,6 +3,7 @@ for its call unless it may abandon it. And the heap trimmer, which returns freed
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 import time
@@ -84,3 +85,9 @@ def test_the_heap_trimmer_trims_at_most_once_per_interval() -> None:
     assert trimmer.trim() is False, "within the interval: skipped"
     trimmer._last = time.monotonic() - 61
     assert trimmer.trim() is True
+
+
+async def test_a_call_sees_its_callers_context_variables() -> None:
+    request = contextvars.ContextVar[str]("request")
+    request.set("call 7")
+    assert await EngineThread().run(request.get) == "call 7"

@@ -12,6 +12,7 @@ for a render to end.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -38,7 +39,8 @@ class EngineThread:
         `abandon_on_cancel`: then it returns at once and the call runs on unobserved."""
         future: Future[T] = Future()
         self._ensure_started()
-        self._calls.put((future, function, args))
+        context = contextvars.copy_context()  # as to_thread: the caller's trace span, log context
+        self._calls.put((future, context.run, (function, *args)))
         waiting = asyncio.wrap_future(future)
         if abandon_on_cancel:
             return await waiting
