@@ -44,6 +44,7 @@ async def test_a_second_replica_tells_running_elsewhere_from_a_dead_process(
         made = await client.call_tool(
             "generate_image", {"prompt": "a long one", "steps": 100, "count": 4, "wait": False}
         )
+        assert not made.is_error, made.content
         image_id = made.structured_content["images"][0]["id"]
 
         async def running_with_progress_on_replica_2() -> bool:
