@@ -13,6 +13,7 @@ from PIL import Image
 
 from noisett_mcp import sources
 from noisett_mcp.errors import RequestError
+from noisett_mcp.schemas import GenerationRequest
 
 
 def encoded(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
@@ -114,3 +115,17 @@ def test_a_local_path_is_read_and_a_missing_one_refused(tmp_path) -> None:  # ty
         sources.from_path(str(tmp_path / "missing.png"))
     with pytest.raises(RequestError, match="is not a file on this computer"):
         sources.from_path(str(tmp_path))
+
+
+def test_a_request_starts_from_a_source_only_when_it_names_one_and_the_variant_can() -> None:
+    plain = GenerationRequest(prompt="p")
+    by_id = GenerationRequest(prompt="p", source_image_id="0" * 32)
+    assert sources.wanted(plain, given=False, variant="fast") is False
+    assert sources.wanted(by_id, given=False, variant="dev") is True
+    assert sources.wanted(plain, given=True, variant="fast") is True
+    with pytest.raises(RequestError, match="strength applies only with a source image"):
+        sources.wanted(GenerationRequest(prompt="p", strength=0.5), given=False, variant="fast")
+    with pytest.raises(RequestError, match="give one source image: source_image_id or source_image"):
+        sources.wanted(by_id, given=True, variant="fast")
+    with pytest.raises(RequestError, match="HiDream-I1-Full, whose scheduler cannot start part-way"):
+        sources.wanted(by_id, given=False, variant="full")

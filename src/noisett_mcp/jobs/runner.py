@@ -1,7 +1,7 @@
 """The job runner: loads the engine once per process and renders jobs on it, writing each image and
 its records to the store. The local queue and the GPU worker both run jobs through it.
 
-It never imports torch itself: the engine is imported inside the worker thread that loads it.
+It never imports torch itself: the engine is imported on the engine thread that loads it.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class JobRunner:
         await self._thread.run(self._heap.trim)
 
     def _prepare_style(self, engine: Engine, job: Job) -> Style | None:
-        """In a worker thread, before the job runs: pick up added, changed and removed styles, and get
+        """On the engine thread, before the job runs: pick up added, changed and removed styles, and get
         this job's adapter file. A style whose weights changed since submit runs with the new ones, and
         the record says so."""
         view = self.styles.refresh()
@@ -269,7 +269,7 @@ _LOADING = threading.Lock()
 
 
 def _load_engine(settings: Settings) -> Engine:
-    from noisett_mcp.engine.pipeline import Engine  # torch is imported here, in a worker thread
+    from noisett_mcp.engine.pipeline import Engine  # torch is imported here, on the engine thread
 
     with _LOADING:
         return Engine(settings)
