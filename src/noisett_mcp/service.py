@@ -227,7 +227,7 @@ class Noisett:
     async def _source(self, request: GenerationRequest, given: bytes | None, owner: str) -> Source | None:
         """The checked source image of an image-to-image request, or None for text-to-image. A source
         image id goes through the same owner check as get_image: a foreign one reads as unknown."""
-        if not sources.wanted(request, given is not None, self.settings.resolved_variant):
+        if not sources.wanted(request, given=given is not None, variant=self.settings.resolved_variant):
             return None
         image_id = request.source_image_id
         if image_id is not None:

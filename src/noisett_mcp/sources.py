@@ -36,7 +36,7 @@ class Source:
     image_id: str | None = None  # when it is one of the caller's images
 
 
-def wanted(request: GenerationRequest, given: bool, variant: str) -> bool:
+def wanted(request: GenerationRequest, *, given: bool, variant: str) -> bool:
     """Whether the request starts from a source image (by id, or `given` as bytes); raise RequestError
     for a contradictory request, or for a variant that cannot start from one."""
     if request.source_image_id is None and not given:
