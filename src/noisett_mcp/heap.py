@@ -1,9 +1,9 @@
 """Giving freed heap memory back to the operating system, after jobs.
 
 glibc's malloc keeps what a process frees inside its arenas (one per thread that allocates, up to eight
-per core) and returns only the free space at the top of each. Rendering and the requests around it
-allocate from a dozen worker threads, so without this a server's RSS keeps whatever its arenas'
-fragments add up to, and creeps up under load (`python -m benchmarks.bench_faults`, the abandoned
+per core) and returns only the free space at the top of each. A render frees hundreds of megabytes of
+tensors, and the requests around it allocate from anyio's worker threads, so without this a server's
+RSS keeps whatever its arenas' fragments add up to (`python -m benchmarks.bench_faults`, the abandoned
 calls). `malloc_trim(0)` hands every whole free page of every arena back (madvise), in milliseconds.
 
 Where malloc is not glibc's (macOS, Windows, musl), there is nothing to call and this does nothing.
@@ -37,7 +37,7 @@ _MALLOC_TRIM = _find_malloc_trim()
 
 class HeapTrimmer:
     """Calls `malloc_trim(0)` at most once per `min_interval` seconds. Blocking (it locks each arena in
-    turn): call `trim` from a worker thread, when no job is rendering."""
+    turn): the runner calls `trim` on its engine thread, between jobs."""
 
     def __init__(self, min_interval: float = 1.0) -> None:
         self.min_interval = min_interval

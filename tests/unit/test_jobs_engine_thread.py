@@ -91,3 +91,14 @@ async def test_a_call_sees_its_callers_context_variables() -> None:
     request = contextvars.ContextVar[str]("request")
     request.set("call 7")
     assert await EngineThread().run(request.get) == "call 7"
+
+
+async def test_close_ends_the_thread_after_its_calls_and_a_later_call_starts_a_new_one() -> None:
+    engine_thread = EngineThread()
+    first = await engine_thread.run(threading.get_ident)
+    (thread,) = [t for t in threading.enumerate() if t.ident == first]
+    engine_thread.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the thread ended"
+    assert await engine_thread.run(len, "again") == 5, "a call after close starts a new thread"
+    engine_thread.close()

@@ -23,7 +23,7 @@ import anyio
 
 T = TypeVar("T")
 
-_Call = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+_Call = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None  # None: the thread ends
 
 
 class EngineThread:
@@ -38,9 +38,8 @@ class EngineThread:
         `anyio.to_thread.run_sync`, a cancelled caller waits for the call to end, unless
         `abandon_on_cancel`: then it returns at once and the call runs on unobserved."""
         future: Future[T] = Future()
-        self._ensure_started()
         context = contextvars.copy_context()  # as to_thread: the caller's trace span, log context
-        self._calls.put((future, context.run, (function, *args)))
+        self._ensure_started().put((future, context.run, (function, *args)))
         waiting = asyncio.wrap_future(future)
         if abandon_on_cancel:
             return await waiting
@@ -48,15 +47,27 @@ class EngineThread:
             result = await waiting
         return result
 
-    def _ensure_started(self) -> None:
+    def close(self) -> None:
+        """End the thread once the calls before this one are done (it starts again if used again)."""
+        with self._start_lock:
+            if self._thread is not None:
+                self._calls.put(None)  # a new thread, if one starts, gets a queue of its own
+                self._calls, self._thread = queue.SimpleQueue(), None
+
+    def _ensure_started(self) -> queue.SimpleQueue[_Call]:
+        """The running thread's queue of calls, starting the thread first if none runs."""
         with self._start_lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+                self._thread = threading.Thread(
+                    target=self._serve, args=(self._calls,), name=self.name, daemon=True
+                )
                 self._thread.start()
+            return self._calls
 
-    def _serve(self) -> None:
-        while True:
-            future, function, args = self._calls.get()
+    @staticmethod
+    def _serve(calls: queue.SimpleQueue[_Call]) -> None:
+        while (call := calls.get()) is not None:
+            future, function, args = call
             if not future.set_running_or_notify_cancel():
                 continue  # its caller gave up before it started
             try:

@@ -126,7 +126,7 @@ class LocalJobQueue:
         return max(0.0, self.eta(first) - self.timer.estimate(first.total_steps))
 
     async def aclose(self) -> None:
-        pass  # nothing held open
+        self._runner.close()
 
     async def run(self) -> None:
         while True:

@@ -181,6 +181,10 @@ class JobRunner:
         when no other job is waiting: it takes milliseconds, and at most once a second."""
         await self._thread.run(self._heap.trim)
 
+    def close(self) -> None:
+        """Let the engine thread end once its calls are done (the engine itself stays loaded)."""
+        self._thread.close()
+
     def _prepare_style(self, engine: Engine, job: Job) -> Style | None:
         """On the engine thread, before the job runs: pick up added, changed and removed styles, and get
         this job's adapter file. A style whose weights changed since submit runs with the new ones, and

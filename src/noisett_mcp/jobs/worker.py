@@ -64,6 +64,7 @@ class Worker:
                 await self._take_jobs()
             finally:
                 tg.cancel_scope.cancel()
+                self.runner.close()
                 with anyio.CancelScope(shield=True):
                     await self.store.aclose()
 
