@@ -20,7 +20,7 @@ import httpx2
 from mcp import Client
 
 from benchmarks.common import demo_settings, free_port, median, report
-from noisett_mcp.jobs.worker import Worker
+from noisett_mcp.gpu.worker import Worker
 from noisett_mcp.schemas import GenerationRequest
 from noisett_mcp.service import Noisett
 from tests.azurite import running_azurite

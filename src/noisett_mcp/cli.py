@@ -211,7 +211,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
             f"error: {needs_azure_storage('noisett-mcp worker (the queue and the images)')}", file=sys.stderr
         )
         return 2
-    from noisett_mcp.jobs.worker import serve_worker
+    from noisett_mcp.gpu.worker import serve_worker
 
     telemetry.setup(settings)
     port = args.health_port if args.health_port is not None else settings.worker_health_port

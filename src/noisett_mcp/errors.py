@@ -15,6 +15,7 @@ NoisettError
 ├── SourceUnavailable     an image-to-image job's source is gone from the store (it expired)
 ├── ImageToImageUnsupported  the model's scheduler cannot start from a source image
 └── ModelUnavailable      the model cannot load here (no CUDA for NOISETT_DEVICE, no hub and no cache)
+    └── AzureStorageNeeded  a `blob://` model, but no Azure storage is configured to fetch it from
 """
 
 from __future__ import annotations
@@ -111,6 +112,13 @@ class ImageToImageUnsupported(NoisettError):
 
 class ModelUnavailable(NoisettError):
     """The model cannot be loaded in this process, whatever is asked: the message says what to use."""
+
+
+class AzureStorageNeeded(ModelUnavailable):
+    """A setting names something in Azure storage (a `blob://` model), and no Azure storage is set."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(needs_azure_storage(what))
 
 
 AZURE_STORAGE_NEEDED = "set AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL"

@@ -4,9 +4,11 @@ once its model failed to load."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from starlette.responses import JSONResponse
+
+EngineState = Literal["idle", "loading", "ready", "error"]
 
 
 def health_response(body: dict[str, Any]) -> JSONResponse:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from noisett_mcp.config import Settings
 
 AspectRatio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3"]
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {
@@ -53,6 +56,12 @@ def rendered_size(aspect_ratio: str, side: int = 1024, multiple: int = 16) -> tu
     w, h = ASPECT_RATIOS[aspect_ratio]
     scale = math.sqrt(side * side / (w * h))
     return int(w * scale // multiple * multiple), int(h * scale // multiple * multiple)
+
+
+def default_geometry(settings: Settings) -> tuple[int, int]:
+    """(side, multiple) of the rendered size before the model loads: HiDream renders about 1024²
+    (the demo model 64²), rounded down to multiples of 2 × its VAE factor."""
+    return (DEMO_RENDER_SIDE, 2) if settings.is_demo else (1024, 16)
 
 
 def denoise_steps(steps: int, strength: float | None) -> int:

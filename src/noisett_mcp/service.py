@@ -17,12 +17,11 @@ from noisett_mcp import __version__, sources
 from noisett_mcp.auth.caller import LOCAL_OWNER
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import ImageNotFound, NoisettError, RequestError
-from noisett_mcp.jobs import Job, JobQueue, JobRunner, open_queue
+from noisett_mcp.gpu.runner import JobRunner
+from noisett_mcp.jobs import Job, JobQueue, LocalJobQueue
 from noisett_mcp.jobs.calls import Calls
 from noisett_mcp.jobs.progress import ProgressFn, ProgressReporter
 from noisett_mcp.jobs.records import heartbeat_age, image_progress, process_gone, save_records
-from noisett_mcp.jobs.runner import default_geometry
-from noisett_mcp.jobs.specs import resolve_spec
 from noisett_mcp.schemas import (
     FINISHED,
     VARIANT_DEFAULTS,
@@ -30,9 +29,11 @@ from noisett_mcp.schemas import (
     GenerationSpec,
     ImageInfo,
     StyleInfo,
+    default_geometry,
     new_image_id,
 )
 from noisett_mcp.sources import Source
+from noisett_mcp.specs import resolve_spec
 from noisett_mcp.storage import (
     ImageRecord,
     ImageStore,
@@ -74,7 +75,7 @@ class Noisett:
         self.store = store or open_store(settings)
         self.telemetry = telemetry or Telemetry.default()
         self.styles = StyleCatalog(settings)
-        self.queue: JobQueue = open_queue(settings, self.store, self.styles, self.telemetry)
+        self.runner, self.queue = open_queue(settings, self.store, self.styles, self.telemetry)
         self.telemetry.observe_queue(self.queue)
         self.calls = Calls(self.queue, self.store)  # the calls in flight, for a client's cancel
         self._jobs: dict[str, Job] = {}  # by image id, while this process knows the job
@@ -101,11 +102,6 @@ class Noisett:
         self._tg = None
         await self.queue.aclose()
         await self.store.aclose()
-
-    @property
-    def runner(self) -> JobRunner | None:
-        """This process's GPU runner; None on a front, whose GPU workers render."""
-        return self.queue.runner
 
     @property
     def is_front(self) -> bool:
@@ -364,6 +360,20 @@ class Noisett:
         if (storage := self.store.health()) is not None:  # Blob: reachable or not, and what is spooled
             body["storage"] = storage
         return body
+
+
+def open_queue(
+    settings: Settings, store: ImageStore, styles: StyleCatalog, telemetry: Telemetry
+) -> tuple[JobRunner | None, JobQueue]:
+    """This process's GPU runner (None on a front) and the queue the settings ask for: an Azure Storage
+    queue to GPU workers (NOISETT_QUEUE=azure), or this process's own GPU. The Azure SDK is imported
+    only for the first."""
+    if settings.queue == "azure":
+        from noisett_mcp.jobs.azure import AzureJobQueue
+
+        return None, AzureJobQueue(settings, store)
+    runner = JobRunner(settings, store, styles, telemetry)
+    return runner, LocalJobQueue(runner, settings.max_queue, settings.max_queue_per_user)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,8 +11,8 @@ import time
 import anyio
 import pytest
 
-from noisett_mcp.heap import HeapTrimmer
-from noisett_mcp.jobs.engine_thread import EngineThread
+from noisett_mcp.gpu.engine_thread import EngineThread
+from noisett_mcp.gpu.heap import HeapTrimmer
 
 pytestmark = pytest.mark.anyio
 

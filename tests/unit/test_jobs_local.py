@@ -8,9 +8,9 @@ import pytest
 
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import QueueFull
+from noisett_mcp.gpu.runner import JobRunner
 from noisett_mcp.jobs.base import Job, StepTimer
 from noisett_mcp.jobs.local import LocalJobQueue
-from noisett_mcp.jobs.runner import JobRunner
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.storage.local import LocalImageStore
 from noisett_mcp.styles.catalog import StyleCatalog

@@ -1,7 +1,7 @@
 """Azure Storage Queues between an always-on MCP front and GPU workers that scale to zero. No torch here.
 
 The front (`AzureJobQueue`) sends each job as one message and follows it through the image records,
-which every replica can read. A worker (`noisett_mcp.jobs.worker`) claims a message (it turns invisible),
+which every replica can read. A worker (`noisett_mcp.gpu.worker`) claims a message (it turns invisible),
 keeps the claim alive while it renders, writes status and progress into those records, and deletes the
 message only once the images are stored. If a worker dies, the message reappears after its visibility
 timeout and another worker takes the job; a message delivered more than `NOISETT_MAX_ATTEMPTS` times
@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from azure.core.exceptions import ResourceExistsError, ServiceRequestError, ServiceResponseError
@@ -37,12 +37,9 @@ from opentelemetry import propagate
 
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import QueueFull, StorageUnavailable, UserQueueFull
-from noisett_mcp.jobs.base import Job, StepTimer
+from noisett_mcp.jobs.base import Job, Runner, StepTimer
 from noisett_mcp.schemas import FINISHED, GenerationSpec
 from noisett_mcp.storage.base import ImageRecord, ImageStore, JobControl
-
-if TYPE_CHECKING:
-    from noisett_mcp.jobs.runner import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +103,7 @@ class AzureJobQueue:
     """The front's side of the queue: the `JobQueue` seam, with the GPU work done elsewhere."""
 
     durable = True  # jobs outlive this process: a record left `running` is still being worked on
-    runner: JobRunner | None = None  # the GPU workers render
+    runner: Runner | None = None  # the GPU workers render
 
     def __init__(self, settings: Settings, store: ImageStore, client: QueueClient | None = None) -> None:
         self.settings = settings

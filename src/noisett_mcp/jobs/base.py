@@ -1,7 +1,9 @@
 """Jobs and the queue seam: one worker per GPU, bounded, cancellable.
 
 `JobQueue` is the seam for scale-out: `LocalJobQueue` (local.py) runs jobs in this process on a
-`JobRunner`; `AzureJobQueue` (azure.py) hands them to GPU workers elsewhere.
+`JobExecutor` (the GPU room's `gpu.runner.JobRunner`, handed in by whoever composes the service);
+`AzureJobQueue` (azure.py) hands them to GPU workers elsewhere. The front sees a queue's runner only as
+a `Runner`: the few questions it may ask of this process's GPU.
 """
 
 from __future__ import annotations
@@ -9,15 +11,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 import anyio
+from anyio.abc import TaskGroup
 
 from noisett_mcp.auth.caller import LOCAL_OWNER
+from noisett_mcp.errors import ModelUnavailable
+from noisett_mcp.health import EngineState
 from noisett_mcp.schemas import FINISHED, GenerationSpec, Status
-
-if TYPE_CHECKING:
-    from noisett_mcp.jobs.runner import JobRunner
+from noisett_mcp.storage.base import ImageStore
 
 
 @dataclass(eq=False)
@@ -89,10 +92,49 @@ class StepTimer:
         return steps * self.seconds_per_step
 
 
+class Runner(Protocol):
+    """What the front may ask of this process's GPU runner: the rendered size, its part of /health,
+    a background model load, and whether the model can load here at all."""
+
+    @property
+    def engine_state(self) -> EngineState:
+        """Where the model load stands: `loading` is shown as a progress phase."""
+
+    @property
+    def unavailable(self) -> ModelUnavailable | None:
+        """Set once the model cannot load in this process: every later request fails with it."""
+
+    def render_geometry(self) -> tuple[int, int]:
+        """(side, multiple) of the rendered size, known before the model loads."""
+
+    def health(self) -> dict[str, Any]:
+        """The engine's part of /health."""
+
+    def start_preload(self, task_group: TaskGroup) -> None:
+        """Load the model in the background (idempotent)."""
+
+
+class JobExecutor(Runner, Protocol):
+    """What a local queue needs of the runner it runs jobs on."""
+
+    @property
+    def store(self) -> ImageStore:
+        """Where the runner writes images and records (the queue writes a cancelled job's there)."""
+
+    async def execute(self, job: Job) -> None:
+        """Run one job to the end; never raises (a failure is recorded on the job)."""
+
+    async def release_memory(self) -> None:
+        """Give freed memory back between jobs."""
+
+    def close(self) -> None:
+        """Release the runner's thread once its calls are done."""
+
+
 class JobQueue(Protocol):
     timer: StepTimer
     durable: bool  # True when jobs outlive this process (a distributed queue)
-    runner: JobRunner | None  # what renders the jobs in this process; None where workers do
+    runner: Runner | None  # what renders the jobs in this process; None where workers do
 
     @property
     def oldest_age(self) -> float | None:

@@ -14,9 +14,8 @@ import time
 import anyio
 
 from noisett_mcp.errors import QueueFull, UserQueueFull
-from noisett_mcp.jobs.base import Job, StepTimer
+from noisett_mcp.jobs.base import Job, JobExecutor, Runner, StepTimer
 from noisett_mcp.jobs.records import save_records
-from noisett_mcp.jobs.runner import JobRunner
 
 
 class LocalJobQueue:
@@ -25,8 +24,8 @@ class LocalJobQueue:
 
     durable = False
 
-    def __init__(self, runner: JobRunner, max_queue: int, max_per_user: int | None = None) -> None:
-        self.runner: JobRunner | None = runner
+    def __init__(self, runner: JobExecutor, max_queue: int, max_per_user: int | None = None) -> None:
+        self.runner: Runner | None = runner
         self._runner = runner
         self.max_queue = max_queue
         self.max_per_user = max_per_user or max_queue

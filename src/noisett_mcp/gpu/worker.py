@@ -24,17 +24,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from noisett_mcp.config import Settings
+from noisett_mcp.gpu.runner import JobRunner
 from noisett_mcp.health import health_response
 from noisett_mcp.jobs.azure import JobMessage, ensure_queue, queue_client
 from noisett_mcp.jobs.base import Job
 from noisett_mcp.jobs.records import save_records
-from noisett_mcp.jobs.runner import JobRunner
 from noisett_mcp.storage import open_store
 from noisett_mcp.styles.catalog import StyleCatalog
 from noisett_mcp.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("noisett_mcp.jobs.worker")
+tracer = trace.get_tracer("noisett_mcp.gpu.worker")
 
 IDLE_POLL_SECONDS = 1.0  # between empty receives
 PROGRESS_SECONDS = 0.5  # how often progress reaches the records

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 from noisett_mcp import __version__, images, sources
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import (
+    AzureStorageNeeded,
     BatchOutOfMemory,
     GenerationCancelled,
     ImageToImageUnsupported,
@@ -26,13 +27,13 @@ from noisett_mcp.errors import (
     SourceUnavailable,
     StyleRefused,
     StyleUnavailable,
-    needs_azure_storage,
 )
-from noisett_mcp.heap import HeapTrimmer
+from noisett_mcp.gpu.engine_thread import EngineThread
+from noisett_mcp.gpu.heap import HeapTrimmer
+from noisett_mcp.health import EngineState
 from noisett_mcp.jobs.base import Job
-from noisett_mcp.jobs.engine_thread import EngineThread
 from noisett_mcp.jobs.records import finished_record, save_records
-from noisett_mcp.schemas import DEMO_RENDER_SIDE
+from noisett_mcp.schemas import default_geometry
 from noisett_mcp.storage.base import ImageStore
 from noisett_mcp.styles.catalog import StyleCatalog
 from noisett_mcp.styles.manifest import Style
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
     from noisett_mcp.engine.pipeline import Engine
 
 log = logging.getLogger(__name__)
-
-EngineState = Literal["idle", "loading", "ready", "error"]
 
 
 class JobRunner:
@@ -133,7 +132,7 @@ class JobRunner:
 
         account = self.store.account
         if account is None:
-            raise RuntimeError(needs_azure_storage(f"NOISETT_MODEL={self.settings.model}"))
+            raise AzureStorageNeeded(f"NOISETT_MODEL={self.settings.model}")
         folder = await sync_model(account, self.settings)
         return self.settings.model_copy(
             update={"model": str(folder), "variant": self.settings.resolved_variant}
@@ -257,12 +256,6 @@ class JobRunner:
                     job.images_done = index + 1
         finally:
             job.batch = range(0)
-
-
-def default_geometry(settings: Settings) -> tuple[int, int]:
-    """(side, multiple) of the rendered size before the model loads: HiDream renders about 1024²
-    (the demo model 64²), rounded down to multiples of 2 × its VAE factor."""
-    return (DEMO_RENDER_SIDE, 2) if settings.is_demo else (1024, 16)
 
 
 # One model load at a time in a process. from_pretrained builds modules under a global patch of
