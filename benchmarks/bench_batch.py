@@ -15,6 +15,7 @@ import os
 import torch
 
 from benchmarks.common import demo_settings, median, report, timed
+from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.pipeline import Engine
 from noisett_mcp.schemas import GenerationSpec
 
@@ -25,7 +26,7 @@ STEPS = 8
 
 def main() -> None:
     torch.set_num_threads(1)
-    engine = Engine(demo_settings())
+    engine = Engine(EngineConfig.from_settings(demo_settings()))
     spec = GenerationSpec(
         prompt="a lighthouse at dusk",
         width=64,

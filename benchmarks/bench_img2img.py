@@ -24,6 +24,7 @@ from PIL import Image
 from benchmarks.common import demo_settings, median, report
 from noisett_mcp import sources
 from noisett_mcp.engine import img2img
+from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.pipeline import Engine
 from noisett_mcp.schemas import GenerationSpec, denoise_steps
 
@@ -65,7 +66,7 @@ def timed(run: Callable[[], object]) -> tuple[float, float]:
 
 def main() -> None:
     torch.set_num_threads(1)
-    engine = Engine(demo_settings())
+    engine = Engine(EngineConfig.from_settings(demo_settings()))
     data = photo()
     text, image, one_step = spec(None), spec(STRENGTH), spec(None).model_copy(update={"steps": 1})
 

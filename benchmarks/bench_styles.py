@@ -17,6 +17,7 @@ import os
 import torch
 
 from benchmarks.common import demo_settings, median, report, timed
+from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.pipeline import Engine
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.catalog import StyleCatalog
@@ -48,13 +49,14 @@ def main() -> None:
     settings = demo_settings()
     styles = StyleCatalog(settings).refresh().styles
     a, b = styles["demo-flat"], styles["demo-grain"]
-    engine = Engine(settings)
+    engine = Engine(EngineConfig.from_settings(settings))
 
     def generate(style: Style, on: Engine = engine) -> None:
         on.generate(spec_for(style), 0, lambda step: None, lambda: False, style)
 
     def reload_and_generate(style: Style) -> None:
-        generate(style, Engine(settings))  # a fresh pipeline, then the style's adapter loaded into it
+        # a fresh pipeline, then the style's adapter loaded into it
+        generate(style, Engine(EngineConfig.from_settings(settings)))
 
     for style in (a, b, a):  # load both adapters once, and warm up
         generate(style)

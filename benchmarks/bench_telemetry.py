@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from benchmarks.common import demo_settings, median, report, serve_asgi
 from noisett_mcp.jobs.base import Job
 from noisett_mcp.schemas import GenerationSpec
-from noisett_mcp.telemetry import Telemetry
+from noisett_mcp.telemetry import JobLabels, Telemetry
 from tests.test_telemetry import _ingestion_app
 
 RUNS = 5
@@ -43,15 +43,16 @@ def time_hooks(telemetry: Telemetry) -> float:
     spec = GenerationSpec(
         prompt="p", width=64, height=64, steps=2, guidance=0.0, seeds=[1], model="demo", variant="fast"
     )
+    labels = JobLabels(model=spec.model, variant=spec.variant, style=spec.style)
     started = time.perf_counter()
     for index in range(JOBS):
         job = Job(id=f"j{index}", spec=spec, image_ids=["i"])
         telemetry.job_queued(job)
         job.status, job.started = "running", time.monotonic()
-        telemetry.job_started(job)
+        telemetry.job_started(job, labels, job_id=job.id, images=1, steps=spec.steps, waited=0.0)
         job.images_done = 1
         job.finish("done")
-        telemetry.job_finished(job)
+        telemetry.job_finished(job, labels, status=job.status, images_done=job.images_done, seconds=0.0)
     return (time.perf_counter() - started) / JOBS
 
 

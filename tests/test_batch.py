@@ -14,6 +14,7 @@ import torch
 from mcp import Client
 from PIL import Image
 
+from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.pipeline import Engine
 from noisett_mcp.jobs.base import Job
 from noisett_mcp.schemas import GenerationRequest, GenerationSpec, new_image_id
@@ -54,7 +55,7 @@ def never() -> bool:
 
 
 def test_an_image_rendered_in_a_batch_of_four_is_the_one_its_seed_gives_alone(make_settings) -> None:
-    engine = Engine(make_settings(batch="on"))
+    engine = Engine(EngineConfig.from_settings(make_settings(batch="on")))
     four = spec(4)
     steps: list[int] = []
     batch = engine.generate_batch(four, [0, 1, 2, 3], steps.append, never)

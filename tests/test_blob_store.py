@@ -148,9 +148,9 @@ async def test_no_image_is_lost_while_storage_is_down(
             during = await generate(client, "during the outage")
             kept[during["id"]] = await get_image_bytes(client, during["id"])  # served from the spool
             assert during["id"] in await service.store.spool.pending()
-            storage = service.health()["storage"]
+            storage = service.health().body()["storage"]
             assert storage["reachable"] is False and storage["spooled"] >= 1
-            assert service.health()["status"] != "error", "an outage does not fail the health probe"
+            assert service.health().body()["status"] != "error", "an outage does not fail the health probe"
             unknown = await client.call_tool("get_image", {"image_id": new_image_id()})
             assert unknown.is_error and "unreachable" in unknown.content[0].text
 
@@ -171,7 +171,7 @@ async def test_no_image_is_lost_while_storage_is_down(
                     assert json.loads(await download(container, f"{image_id}.json"))["status"] == "done"
             for image_id, data in kept.items():
                 assert await get_image_bytes(client, image_id) == data  # now from Blob
-            assert service.health()["storage"] == {
+            assert service.health().body()["storage"] == {
                 "backend": "azure-blob",
                 "container": settings.blob_images_container,
                 "reachable": True,

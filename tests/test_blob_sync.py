@@ -168,7 +168,7 @@ async def test_a_blob_model_is_synced_to_the_cache_then_loaded(
         assert not result.is_error, result.content
         info = result.structured_content["images"][0]
         assert info["status"] == "done" and info["model"] == settings.model
-        assert service.health()["status"] == "ready"
+        assert service.health().body()["status"] == "ready"
 
         # A restart finds every file in place: nothing is downloaded again.
         account = service.store.account  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ from mcp import Client
 from PIL import Image
 
 from noisett_mcp.config import Settings
+from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.pipeline import Engine
 from noisett_mcp.errors import ImageToImageUnsupported
 from noisett_mcp.jobs import Job
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.anyio
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     cache = tmp_path_factory.mktemp("model-cache")
     settings = Settings(model="demo", data_dir=cache / "data", model_cache_dir=cache, preload=False)
-    engine = Engine(settings)
+    engine = Engine(EngineConfig.from_settings(settings))
     shipped = engine.pipe.scheduler
     yield engine
     engine.pipe.scheduler = shipped

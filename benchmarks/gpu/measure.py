@@ -27,6 +27,7 @@ from full_size import build_pipeline, fresh_component, quantize, weight_bytes
 from PIL import Image
 
 from noisett_mcp.config import Settings
+from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.demo_loras import write_random_lora
 from noisett_mcp.engine.pipeline import Engine, engine_dtype
 from noisett_mcp.schemas import GenerationSpec
@@ -216,7 +217,8 @@ class Bench:
             preload=False,
         )
         setup = time.perf_counter()
-        self.engine = Engine(self.settings, pipe=self.pipe)  # the engine's own setup, on this pipeline
+        # the engine's own setup, on this pipeline
+        self.engine = Engine(EngineConfig.from_settings(self.settings), pipe=self.pipe)
         setup = time.perf_counter() - setup
         self.side = self.engine.info.render_side
         weights = {

@@ -127,3 +127,9 @@ AZURE_STORAGE_NEEDED = "set AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCO
 def needs_azure_storage(what: str) -> str:
     """The one message for a feature that needs Azure storage configured."""
     return f"{what} needs Azure storage: {AZURE_STORAGE_NEEDED}"
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short log line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__

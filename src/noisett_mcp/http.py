@@ -75,7 +75,7 @@ class CancelNotifications:
         request_id = cancelled_request_id(body)
         if request_id is not None and status == [202]:
             owner = current_caller().owner
-            found = await self.service.calls.cancel(owner, request_id)
+            found = await self.service.cancel_call(owner, request_id)
             log.info(
                 "cancel for request %r of %s: %s", request_id, owner, "stopping" if found else "no such call"
             )

@@ -6,22 +6,24 @@ runner (this process's GPU) or the GPU workers (the Azure queue) render the jobs
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from noisett_mcp import __version__, sources
+from noisett_mcp import sources, upkeep
 from noisett_mcp.auth.caller import LOCAL_OWNER
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import ImageNotFound, NoisettError, RequestError
 from noisett_mcp.gpu.runner import JobRunner
+from noisett_mcp.health import HealthReport, QueueHealth
 from noisett_mcp.jobs import Job, JobQueue, LocalJobQueue
-from noisett_mcp.jobs.calls import Calls
+from noisett_mcp.jobs.calls import Calls, RequestId
 from noisett_mcp.jobs.progress import ProgressFn, ProgressReporter
-from noisett_mcp.jobs.records import heartbeat_age, image_progress, process_gone, save_records
+from noisett_mcp.jobs.records import image_progress, save_records
+from noisett_mcp.replicas import judge_elsewhere
 from noisett_mcp.schemas import (
     FINISHED,
     VARIANT_DEFAULTS,
@@ -35,7 +37,6 @@ from noisett_mcp.schemas import (
 from noisett_mcp.sources import Source
 from noisett_mcp.specs import resolve_spec
 from noisett_mcp.storage import (
-    ImageRecord,
     ImageStore,
     JobControl,
     StoredImage,
@@ -48,7 +49,6 @@ from noisett_mcp.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-RETENTION_SWEEP_SECONDS = 3600.0
 CANCEL_WAIT_SECONDS = 5.0  # cancel_image waits this long for a running job to stop at its next step
 
 __all__ = ["ImageView", "Noisett"]
@@ -86,13 +86,8 @@ class Noisett:
         self._tg = await anyio.create_task_group().__aenter__()
         self._tg.start_soon(self.queue.run)
         self._tg.start_soon(self.store.run)  # Blob: uploads what the spool holds, a restart's included
-        self._tg.start_soon(self._sweep_images)
-        if not self.queue.durable:  # GPU workers write their own heartbeats
-            self._tg.start_soon(self._heartbeat)
-        if (account := self.store.account) is not None:
-            from noisett_mcp.storage.sync import keep_styles_synced
-
-            self._tg.start_soon(keep_styles_synced, account, self.settings)
+        # GPU workers write their own heartbeats: a front beats for nothing.
+        upkeep.start(self._tg, self.settings, self.store, self._live_jobs, heartbeats=not self.queue.durable)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -114,30 +109,24 @@ class Noisett:
         if self.runner is not None and self._tg is not None:
             self.runner.start_preload(self._tg)
 
-    async def _sweep_images(self) -> None:
-        """Delete stored images older than NOISETT_RETENTION_DAYS: at start, then every hour."""
-        days = self.settings.retention_days
-        while days > 0:
-            try:
-                removed = await self.store.sweep(days)
-            except Exception as exc:
-                log.warning("retention sweep failed: %s", _first_line(exc))
-            else:
-                if removed:
-                    log.info("retention: deleted %d image(s) older than %g days", removed, days)
-            await anyio.sleep(RETENTION_SWEEP_SECONDS)
+    def _live_jobs(self) -> list[Job]:
+        """The jobs this process follows, each once (a job is remembered under each of its images)."""
+        return list({id(job): job for job in self._jobs.values()}.values())
 
-    async def _heartbeat(self) -> None:
-        """Rewrite the records of this process's unfinished jobs every NOISETT_HEARTBEAT_SECONDS: another
-        replica reading them knows the job is alive here (and sees its progress)."""
-        while True:
-            await anyio.sleep(self.settings.heartbeat_seconds)
-            for job in {id(job): job for job in self._jobs.values()}.values():
-                if not job.finished:
-                    try:
-                        await save_records(self.store, job)
-                    except Exception as exc:  # the next beat tries again
-                        log.warning("heartbeat of job %s failed: %s", job.id, _first_line(exc))
+    # --- what the MCP surface asks besides requests ---
+    def track_call(self, owner: str, request_id: RequestId, job: Job) -> AbstractAsyncContextManager[None]:
+        """Follow a request's job while its call waits, so a client's cancel finds it (jobs/calls.py)."""
+        return self.calls.track(owner, request_id, job)
+
+    async def cancel_call(self, owner: str, request_id: RequestId) -> bool:
+        """A client's `notifications/cancelled` for one of its calls; False when no such call runs."""
+        return await self.calls.cancel(owner, request_id)
+
+    def store_account_url(self) -> str | None:
+        """The URL of the Azure storage account behind the store (SAS links come from its host), or None
+        for the local folder."""
+        account = self.store.account
+        return account.client.url if account is not None else None
 
     # --- requests ---
     def render_geometry(self) -> tuple[int, int]:
@@ -303,27 +292,8 @@ class Noisett:
             info = info.model_copy(update={"status": status, "progress": image_progress(job, index)})
             return ImageView(info, self.queue.eta(job), self.queue.position(job))
         if info.status not in FINISHED and not self.queue.durable:
-            info = await self._elsewhere(record)
+            info = await judge_elsewhere(self.store, record, self.settings.heartbeat_timeout_seconds)
         return ImageView(await self._with_url(info) if info.status == "done" else info)
-
-    async def _elsewhere(self, record: ImageRecord) -> ImageInfo:
-        """An unfinished image whose job is not in this process: running on another replica while its
-        owner's heartbeat is fresh; otherwise its process died, and the record is rewritten to say so
-        (else it would say `running` forever)."""
-        age = heartbeat_age(record)
-        limit = self.settings.heartbeat_timeout_seconds
-        if process_gone(record.worker):
-            error = "interrupted by a server restart; generate it again"
-        elif age is None or age > limit:
-            error = f"the server making it stopped (no sign of life for over {limit:g} s); generate it again"
-        else:
-            return record.info()  # alive elsewhere: that replica has the live progress
-        failed = record.model_copy(update={"status": "failed", "error": error})
-        try:
-            await self.store.save_record(failed)
-        except Exception as exc:  # the answer stands; the next reader tries again
-            log.warning("could not mark image %s failed: %s", record.id, _first_line(exc))
-        return failed.info()
 
     async def _with_url(self, info: ImageInfo) -> ImageInfo:
         """The store's link to the full image, made per view and never stored: a SAS link expires."""
@@ -343,23 +313,17 @@ class Noisett:
             raise ImageNotFound(image_id)
         return stored
 
-    def health(self) -> dict[str, Any]:
-        if self.runner is not None:
-            body = self.runner.health() | {"role": "standalone"}
-        else:  # a front serves MCP at once; the GPU workers report their own health
-            body = {
-                "status": "ready",
-                "role": "front",
-                "model": self.settings.model,
-                "variant": self.settings.resolved_variant,
-                "version": __version__,
-                "oldest_job_age_seconds": self.queue.oldest_age,
-            }
-        body["queue_depth"] = self.queue.depth
-        body["running"] = self.queue.running is not None
-        if (storage := self.store.health()) is not None:  # Blob: reachable or not, and what is spooled
-            body["storage"] = storage
-        return body
+    def health(self) -> HealthReport:
+        """A front serves MCP at once, and its GPU workers report their own engines' health."""
+        queue = self.queue
+        return HealthReport(
+            role="standalone" if self.runner is not None else "front",
+            model=self.settings.model,
+            variant=self.settings.resolved_variant,
+            engine=self.runner.health() if self.runner is not None else None,
+            queue=QueueHealth(queue.depth, queue.running is not None, queue.oldest_age),
+            storage=self.store.health(),  # Blob: reachable or not, and what is spooled
+        )
 
 
 def open_queue(
@@ -374,8 +338,3 @@ def open_queue(
         return None, AzureJobQueue(settings, store)
     runner = JobRunner(settings, store, styles, telemetry)
     return runner, LocalJobQueue(runner, settings.max_queue, settings.max_queue_per_user)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__

@@ -21,9 +21,9 @@ import transformers
 from diffusers import HiDreamImagePipeline
 from PIL import Image
 
-from noisett_mcp.config import Settings
 from noisett_mcp.engine import img2img
 from noisett_mcp.engine.adapters import StyleAdapters
+from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.demo import MARKER, write_demo_model
 from noisett_mcp.errors import BatchOutOfMemory, GenerationCancelled, ModelUnavailable
 from noisett_mcp.schemas import GenerationSpec
@@ -65,24 +65,24 @@ def _device(setting: str) -> str:
     return setting
 
 
-def check_reachable(settings: Settings, device: str) -> None:
+def check_reachable(config: EngineConfig, device: str) -> None:
     """Fail in seconds, not after a minute of hub retries, when a hub model is neither cached nor reachable
     (the first thing a new user meets on a machine without a GPU or network)."""
-    folder = Path(settings.model)
-    if settings.is_demo or folder.is_dir():
+    folder = Path(config.model)
+    if config.is_demo or folder.is_dir():
         return
     from huggingface_hub import model_info, try_to_load_from_cache
 
-    cache_dir = settings.resolved_model_cache_dir
-    if isinstance(try_to_load_from_cache(settings.model, "model_index.json", cache_dir=str(cache_dir)), str):
+    cache_dir = config.model_cache_dir
+    if isinstance(try_to_load_from_cache(config.model, "model_index.json", cache_dir=str(cache_dir)), str):
         return  # cached: from_pretrained can load it without the hub
     try:
-        model_info(settings.model, timeout=10)
+        model_info(config.model, timeout=10)
     except Exception as exc:
         where = "no GPU here and " if device == "cpu" else ""
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelUnavailable(
-            f"cannot load {settings.model}: {where}it is not in the model cache ({cache_dir}) and the "
+            f"cannot load {config.model}: {where}it is not in the model cache ({cache_dir}) and the "
             f"Hugging Face hub cannot be reached ({reason[:200]}). Try --model demo (NOISETT_MODEL=demo, "
             "the tiny offline model), or set NOISETT_MODEL to a local folder that holds the pipeline"
         ) from exc
@@ -108,18 +108,18 @@ class Engine:
     # Test hook: raised at the next denoising step, to exercise the real failure path of the worker.
     inject_failure: BaseException | None = None
 
-    def __init__(self, settings: Settings, pipe: HiDreamImagePipeline | None = None) -> None:
-        """Load `settings.model`; or, given `pipe` (components built elsewhere, in `engine_dtype`), run
+    def __init__(self, config: EngineConfig, pipe: HiDreamImagePipeline | None = None) -> None:
+        """Load `config.model`; or, given `pipe` (components built elsewhere, in `engine_dtype`), run
         the same setup on it: the first-light benchmark's full-size random-weight pipeline does."""
-        self.settings = settings
-        self.device = _device(settings.device)
+        self.config = config
+        self.device = _device(config.device)
         self.dtype = engine_dtype(self.device)
         if pipe is None:
-            check_reachable(settings, self.device)
+            check_reachable(config, self.device)
         self.pipe = self._place(pipe if pipe is not None else self._load())
-        self.styles = StyleAdapters(self.pipe, settings.max_loaded_styles)
+        self.styles = StyleAdapters(self.pipe, config.max_loaded_styles)
         # The images of one request in one pipeline call (generate_batch), or one after another.
-        self.batching = settings.batch == "on" or (settings.batch == "auto" and self.device == "cpu")
+        self.batching = config.batch == "on" or (config.batch == "auto" and self.device == "cpu")
         vae_factor = self.pipe.vae_scale_factor
         self.info = EngineInfo(
             device=self.device,
@@ -128,11 +128,11 @@ class Engine:
         )
 
     def _load(self) -> HiDreamImagePipeline:
-        settings = self.settings
-        cache_dir = settings.resolved_model_cache_dir
-        source = settings.model
-        if settings.is_demo:
-            source = str(write_demo_model(settings.demo_model_dir))
+        config = self.config
+        cache_dir = config.model_cache_dir
+        source = config.model
+        if config.is_demo:
+            source = str(write_demo_model(config.demo_model_dir))
         folder = Path(source)
         kwargs: dict[str, object] = {"dtype": self.dtype, "cache_dir": str(cache_dir)}
         if folder.is_dir():
@@ -140,9 +140,9 @@ class Engine:
         if not (folder / "text_encoder_4").is_dir():
             # The HiDream repos ship without Llama-3.1 (it is gated): load it and pass it in.
             kwargs.update(self._load_llama(cache_dir))
-        if settings.quantize != "none":
+        if config.quantize != "none":
             kwargs["quantization_config"] = diffusers.PipelineQuantizationConfig(
-                quant_backend="bitsandbytes_4bit" if settings.quantize == "nf4" else "bitsandbytes_8bit",
+                quant_backend="bitsandbytes_4bit" if config.quantize == "nf4" else "bitsandbytes_8bit",
                 quant_kwargs=self._bnb_kwargs(),
                 components_to_quantize=["transformer"],
             )
@@ -154,9 +154,9 @@ class Engine:
         return pipe
 
     def _place(self, pipe: HiDreamImagePipeline) -> HiDreamImagePipeline:
-        if self.settings.offload == "model":
+        if self.config.offload == "model":
             pipe.enable_model_cpu_offload(device=self.device)
-        elif self.settings.offload == "sequential":
+        elif self.config.offload == "sequential":
             pipe.enable_sequential_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
@@ -164,14 +164,14 @@ class Engine:
         return pipe
 
     def _bnb_kwargs(self) -> dict[str, object]:
-        if self.settings.quantize == "nf4":
+        if self.config.quantize == "nf4":
             return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": self.dtype}
         return {"load_in_8bit": True}
 
     def _load_llama(self, cache_dir: Path) -> dict[str, object]:
-        name = self.settings.llama_model
+        name = self.config.llama_model
         extra: dict[str, object] = {}
-        if self.settings.quantize != "none":
+        if self.config.quantize != "none":
             extra["quantization_config"] = transformers.BitsAndBytesConfig(**self._bnb_kwargs())
         local = Path(name).is_dir()
         tokenizer = transformers.AutoTokenizer.from_pretrained(

@@ -7,17 +7,19 @@ It never imports torch itself: the engine is imported on the engine thread that 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
 
 from noisett_mcp import __version__, images, sources
 from noisett_mcp.config import Settings
+from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.errors import (
     AzureStorageNeeded,
     BatchOutOfMemory,
@@ -30,14 +32,14 @@ from noisett_mcp.errors import (
 )
 from noisett_mcp.gpu.engine_thread import EngineThread
 from noisett_mcp.gpu.heap import HeapTrimmer
-from noisett_mcp.health import EngineState
+from noisett_mcp.health import EngineHealth, EngineState
 from noisett_mcp.jobs.base import Job
 from noisett_mcp.jobs.records import finished_record, save_records
 from noisett_mcp.schemas import default_geometry
 from noisett_mcp.storage.base import ImageStore
 from noisett_mcp.styles.catalog import StyleCatalog
 from noisett_mcp.styles.manifest import Style
-from noisett_mcp.telemetry import Telemetry
+from noisett_mcp.telemetry import JobLabels, Telemetry
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -81,9 +83,9 @@ class JobRunner:
             if self._engine is None:
                 self.engine_state, self.engine_error = "loading", None
                 try:
-                    settings = await self._model_settings()
+                    config = await self._engine_config()
                     # Abandonable: a server whose client left exits at once, not when the load ends.
-                    self._engine = await self._thread.run(_load_engine, settings, abandon_on_cancel=True)
+                    self._engine = await self._thread.run(_load_engine, config, abandon_on_cancel=True)
                 except ModelUnavailable as exc:  # a user's error: one line, no traceback
                     self.engine_state, self.engine_error, self.unavailable = "error", str(exc), exc
                     log.error("%s", exc)
@@ -107,36 +109,23 @@ class JobRunner:
             return self._engine.info.render_side, self._engine.info.size_multiple
         return default_geometry(self.settings)
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> EngineHealth:
         """The engine's part of /health: `loading` until the model is ready, `error` if it failed."""
-        status = "loading" if self.engine_state in ("idle", "loading") else self.engine_state
-        device = self.device
-        body: dict[str, Any] = {
-            "status": status,
-            "model": self.settings.model,
-            "variant": self.settings.resolved_variant,
-            "device": device,
-            "gpu_available": device.startswith("cuda") if device else None,
-            "version": __version__,
-        }
-        if self.engine_error:
-            body["error"] = self.engine_error
-        return body
+        return EngineHealth.of(self.engine_state, self.device, self.engine_error)
 
-    async def _model_settings(self) -> Settings:
-        """The settings the engine loads with: a `blob://CONTAINER/PREFIX` model is first synced to the
-        model cache (unchanged files skipped by size and ETag) and loaded from there."""
+    async def _engine_config(self) -> EngineConfig:
+        """What the engine loads with: a `blob://CONTAINER/PREFIX` model is first synced to the model
+        cache (unchanged files skipped by size and ETag) and loaded from there."""
+        config = EngineConfig.from_settings(self.settings)
         if not self.settings.blob_model:
-            return self.settings
+            return config
         from noisett_mcp.storage.sync import sync_model
 
         account = self.store.account
         if account is None:
             raise AzureStorageNeeded(f"NOISETT_MODEL={self.settings.model}")
         folder = await sync_model(account, self.settings)
-        return self.settings.model_copy(
-            update={"model": str(folder), "variant": self.settings.resolved_variant}
-        )
+        return dataclasses.replace(config, model=str(folder))
 
     # --- jobs ---
     async def execute(self, job: Job) -> None:
@@ -149,7 +138,14 @@ class JobRunner:
             style = await self._thread.run(self._prepare_style, engine, job)
             source = await self._source(job)
             job.status, job.started = "running", time.monotonic()
-            self.telemetry.job_started(job)
+            self.telemetry.job_started(
+                job,
+                _labels(job),
+                job_id=job.id,
+                images=len(job.image_ids),
+                steps=job.spec.steps,
+                waited=job.started - job.created,
+            )
             await save_records(self.store, job)
             await self._render(engine, job, style, source)
             job.finish("done")
@@ -159,13 +155,13 @@ class JobRunner:
             if style is not None:
                 self.styles.refuse(style, exc.reason)  # list_styles stops offering it until it changes
             log.warning("job %s: style refused: %s", job.id, exc)
-            self.telemetry.job_failed(job, exc)
+            self.telemetry.job_failed(job, _labels(job), exc)
             job.finish("failed", f"style {job.spec.style!r} is refused: {exc}. The other styles still work.")
         except (StyleUnavailable, SourceUnavailable, ImageToImageUnsupported, ModelUnavailable) as exc:
             job.finish("failed", str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.id)
-            self.telemetry.job_failed(job, exc)
+            self.telemetry.job_failed(job, _labels(job), exc)
             job.finish("failed", describe_failure(exc))
             if self._engine is not None:
                 await self._thread.run(self._engine.free_memory)
@@ -173,7 +169,12 @@ class JobRunner:
             await save_records(self.store, job)
         finally:
             job.settle()
-        self.telemetry.job_finished(job)
+        seconds = None  # from its start to its last image, for a job that is done
+        if job.status == "done" and job.started is not None and job.finished_at is not None:
+            seconds = job.finished_at - job.started
+        self.telemetry.job_finished(
+            job, _labels(job), status=job.status, images_done=job.images_done, seconds=seconds
+        )
 
     async def release_memory(self) -> None:
         """Give the heap pages freed by the last jobs back to the OS (`heap`). Call it between jobs,
@@ -265,17 +266,21 @@ class JobRunner:
 _LOADING = threading.Lock()
 
 
-def _load_engine(settings: Settings) -> Engine:
+def _load_engine(config: EngineConfig) -> Engine:
     from noisett_mcp.engine.pipeline import Engine  # torch is imported here, on the engine thread
 
     with _LOADING:
-        return Engine(settings)
+        return Engine(config)
 
 
 def _versions() -> dict[str, str]:
     from noisett_mcp.engine.pipeline import library_versions
 
     return {"noisett_mcp": __version__, **library_versions()}
+
+
+def _labels(job: Job) -> JobLabels:
+    return JobLabels(model=job.spec.model, variant=job.spec.variant, style=job.spec.style)
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -12,7 +12,6 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 from azure.storage.queue import QueueMessage
@@ -25,7 +24,7 @@ from starlette.routing import Route
 
 from noisett_mcp.config import Settings
 from noisett_mcp.gpu.runner import JobRunner
-from noisett_mcp.health import health_response
+from noisett_mcp.health import HealthReport, WorkerHealth, health_response
 from noisett_mcp.jobs.azure import JobMessage, ensure_queue, queue_client
 from noisett_mcp.jobs.base import Job
 from noisett_mcp.jobs.records import save_records
@@ -187,12 +186,15 @@ class Worker:
                 return
             await anyio.sleep(1.0)
 
-    def health(self) -> dict[str, Any]:
-        body = self.runner.health() | {"role": "worker", "jobs_done": self.jobs_done}
-        body["job"] = self.current.id if self.current else None
-        if (storage := self.store.health()) is not None:
-            body["storage"] = storage
-        return body
+    def health(self) -> HealthReport:
+        return HealthReport(
+            role="worker",
+            model=self.settings.model,
+            variant=self.settings.resolved_variant,
+            engine=self.runner.health(),
+            storage=self.store.health(),
+            worker=WorkerHealth(self.jobs_done, self.current.id if self.current else None),
+        )
 
 
 class _Claim:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
 from noisett_mcp.auth.caller import LOCAL_OWNER
 from noisett_mcp.errors import ModelUnavailable
-from noisett_mcp.health import EngineState
+from noisett_mcp.health import EngineHealth, EngineState
 from noisett_mcp.schemas import FINISHED, GenerationSpec, Status
 from noisett_mcp.storage.base import ImageStore
 
@@ -107,7 +107,7 @@ class Runner(Protocol):
     def render_geometry(self) -> tuple[int, int]:
         """(side, multiple) of the rendered size, known before the model loads."""
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> EngineHealth:
         """The engine's part of /health."""
 
     def start_preload(self, task_group: TaskGroup) -> None:

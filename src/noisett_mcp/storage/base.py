@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from noisett_mcp.errors import InvalidImageId
+from noisett_mcp.health import StorageHealth
 from noisett_mcp.schemas import ImageInfo, is_image_id
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ class ImageStore(Protocol):
         """Background work for the store's lifetime (Blob: upload what the spool holds); returns when
         there is none. The service runs it in its task group."""
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self) -> StorageHealth | None:
         """The store's state for /health (Blob: reachable, spooled), or None where there is none."""
 
     @property

@@ -29,6 +29,7 @@ from azure.storage.blob import ContentSettings
 
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import StorageUnavailable
+from noisett_mcp.health import StorageHealth
 from noisett_mcp.images import BY_MIME_TYPE
 from noisett_mcp.storage.azure_account import BlobAccount, describe_error, is_outage
 from noisett_mcp.storage.base import ImageRecord, JobControl, StoredImage, check_image_id, check_sha256
@@ -193,14 +194,14 @@ class BlobImageStore:
                 log.warning("could not check Blob container %r: %s", self.container_name, describe_error(exc))
         await self.uploader.run()
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self) -> StorageHealth:
         """For /health: an outage does not fail the probe (images wait in the spool), it shows here."""
-        return {
-            "backend": "azure-blob",
-            "container": self.container_name,
-            "reachable": self.uploader.healthy,
-            "spooled": len(self.spool.pending_now()),
-        }
+        return StorageHealth(
+            backend="azure-blob",
+            container=self.container_name,
+            reachable=self.uploader.healthy,
+            spooled=len(self.spool.pending_now()),
+        )
 
     async def aclose(self) -> None:
         # One last pass before the process goes: a replica scaled in may never start again here.

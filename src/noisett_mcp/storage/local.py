@@ -7,10 +7,11 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
+from noisett_mcp.health import StorageHealth
 from noisett_mcp.images import BY_EXTENSION, BY_MIME_TYPE
 from noisett_mcp.storage.base import ImageRecord, JobControl, StoredImage, check_image_id, check_sha256
 
@@ -74,7 +75,7 @@ class LocalImageStore:
     async def run(self) -> None:
         pass  # nothing in the background: every write is final
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self) -> StorageHealth | None:
         return None
 
     @property

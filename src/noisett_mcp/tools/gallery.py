@@ -24,10 +24,10 @@ def html() -> str:
 
 def sas_origin(service: Noisett) -> str | None:
     """The origin of the store's SAS links, where Blob storage makes them; None for the local folder."""
-    account = service.store.account
-    if account is None:
+    url = service.store_account_url()
+    if url is None:
         return None
-    parts = urlsplit(account.client.url)
+    parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
 
 

@@ -112,7 +112,7 @@ def register(mcp: ToolRegistry, service: Noisett, local_files: bool = False) -> 
         if wait:
             # Tracked while it waits: a cancel notification that reaches another transport (stateless
             # HTTP) or another front finds the job by caller and request id (jobs/calls.py).
-            async with service.calls.track(owner, ctx.request_id, job):
+            async with service.track_call(owner, ctx.request_id, job):
                 await service.wait(job, service.settings.wait_seconds, ctx.report_progress)
         views = [await service.view(image_id, owner) for image_id in job.image_ids]
         return await generation_result(service, views)
