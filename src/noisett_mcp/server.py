@@ -14,9 +14,13 @@ from mcp.types import INVALID_PARAMS
 from pydantic import ValidationError
 
 from noisett_mcp import __version__, images
+from noisett_mcp.app import gallery
 from noisett_mcp.audit import audit_requests
+from noisett_mcp.prompts import brand
+from noisett_mcp.resources import images as image_resources
+from noisett_mcp.resources import styles as style_resources
 from noisett_mcp.service import Noisett
-from noisett_mcp.tools import cancel, gallery, generate, get_image, prompts, resources, styles
+from noisett_mcp.tools import cancel, generate, get_image, styles
 
 INSTRUCTIONS = """\
 Noisett makes images on the company's own GPU, in brand styles.
@@ -101,6 +105,6 @@ def build_server(service: Noisett, *, local_files: bool = False) -> MCPServer:
 
     mcp.middleware.append(preload_after_tool_listing)
     mcp.middleware.append(audit_requests)
-    for module in (styles, cancel, resources, prompts):
+    for module in (styles, style_resources, cancel, image_resources, brand):
         module.register(mcp, service)
     return mcp

@@ -1,5 +1,6 @@
-"""The MCP tools and resources, one module each; server.py registers them. A tool body validates what
-the schema cannot, calls the service, and shapes a result that clients can hold (results.py)."""
+"""The MCP tools, one module each (resources, prompts and the App have folders of their own); server.py
+registers them. A tool body validates what the schema cannot, calls the service, and shapes a
+result that clients can hold (results.py)."""
 
 import inspect
 from collections.abc import Callable

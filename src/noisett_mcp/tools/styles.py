@@ -1,9 +1,8 @@
-"""`list_styles` and the `style://{name}/preview` resource."""
+"""`list_styles`: the brand styles, with what each is for and its defaults."""
 
 # No `from __future__ import annotations` here: the SDK reads the signature at registration.
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp.types import ToolAnnotations
 
 from noisett_mcp.schemas import ListStylesResult
@@ -22,16 +21,3 @@ def register(mcp: MCPServer, service: Noisett) -> None:
         description=description(list_styles),
         annotations=ToolAnnotations(title="List brand styles", readOnlyHint=True, openWorldHint=False),
     )
-
-    @mcp.resource(
-        "style://{name}/preview",
-        name="style-preview",
-        title="Style preview",
-        description="A sample image in a brand style; list_styles links it where a style has one.",
-        mime_type="image/png",
-    )
-    async def style_preview(name: str) -> bytes:
-        try:
-            return await service.style_preview(name)
-        except LookupError as exc:
-            raise ResourceNotFoundError(str(exc)) from exc

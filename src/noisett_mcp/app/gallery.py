@@ -19,7 +19,7 @@ GALLERY_URI = "ui://noisett/gallery.html"
 
 def html() -> str:
     """The gallery document, shipped in the wheel beside this module."""
-    return (files("noisett_mcp.tools") / "gallery.html").read_text(encoding="utf-8")
+    return (files("noisett_mcp.app") / "gallery.html").read_text(encoding="utf-8")
 
 
 def sas_origin(service: Noisett) -> str | None:
