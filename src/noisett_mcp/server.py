@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from noisett_mcp import __version__, images
 from noisett_mcp.app import gallery
 from noisett_mcp.audit import audit_requests
+from noisett_mcp.errors import NoisettError
 from noisett_mcp.prompts import brand
 from noisett_mcp.resources import images as image_resources
 from noisett_mcp.resources import styles as style_resources
@@ -45,12 +46,18 @@ class NoisettMCP(MCPServer):
         ]
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
-        """Argument errors in a form an assistant can act on: one line per field, without pydantic's links.
-        A validation error raised inside a tool is a crash, not the caller's mistake: it stays one."""
+        """Errors translated once, for every tool: a NoisettError is meant for the caller, so its message
+        arrives as a tool error; any other exception stays the SDK's generic "Error executing tool".
+        Argument errors come in a form an assistant can act on: one line per field, without pydantic's
+        links. A validation error raised inside a tool is a crash, not the caller's mistake: it stays one."""
         try:
             return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError as exc:
+            if isinstance(exc.__cause__, NoisettError):
+                raise ToolError(f"Error executing tool {name}: {exc.__cause__}") from exc.__cause__
+            raise
         except ToolError as exc:
-            if isinstance(exc, UnexpectedToolError) or not isinstance(exc.__cause__, ValidationError):
+            if not isinstance(exc.__cause__, ValidationError):
                 raise
             problems = "; ".join(
                 f"{'.'.join(str(part) for part in error['loc']) or 'arguments'}: {error['msg']}"

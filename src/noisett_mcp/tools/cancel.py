@@ -8,12 +8,10 @@ from typing import Annotated
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from noisett_mcp.auth.caller import current_caller
-from noisett_mcp.errors import NoisettError
 from noisett_mcp.schemas import ImageInfo
 from noisett_mcp.service import Noisett
 from noisett_mcp.tools import description
@@ -41,12 +39,9 @@ def register(mcp: MCPServer, service: Noisett) -> None:
         """Cancel a generation you started, by the id of any of its images: a queued job leaves the
         line, a running one stops at its next step. All images of that generate_image call stop.
         Use it for jobs started with wait=false that are no longer wanted."""
-        try:
-            view = await service.cancel(
-                image_id, current_caller().owner, any_owner=bool(operators & caller_roles())
-            )
-        except NoisettError as exc:
-            raise ToolError(str(exc)) from exc
+        view = await service.cancel(
+            image_id, current_caller().owner, any_owner=bool(operators & caller_roles())
+        )
         info = view.info
         if info.status == "cancelled":
             message = f"Image {info.id} is cancelled."

@@ -7,13 +7,12 @@ from typing import Annotated
 
 import anyio
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from noisett_mcp import sources
 from noisett_mcp.auth.caller import current_caller
-from noisett_mcp.errors import NoisettError, RequestError
+from noisett_mcp.errors import RequestError
 from noisett_mcp.schemas import (
     AspectRatio,
     Count,
@@ -104,11 +103,8 @@ def register(mcp: ToolRegistry, service: Noisett, local_files: bool = False) -> 
             strength=strength,
         )
         owner = current_caller().owner
-        try:
-            given = await _source_bytes(source_image, source_path, local_files)
-            job = await service.submit(request, owner, given)
-        except NoisettError as exc:
-            raise ToolError(str(exc)) from exc
+        given = await _source_bytes(source_image, source_path, local_files)
+        job = await service.submit(request, owner, given)
         if wait:
             # Tracked while it waits: a cancel notification that reaches another transport (stateless
             # HTTP) or another front finds the job by caller and request id (jobs/calls.py).

@@ -6,13 +6,11 @@ the full one), or its progress while it is queued or running."""
 from typing import Annotated
 
 import anyio
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
 from noisett_mcp import images
 from noisett_mcp.auth.caller import current_caller
-from noisett_mcp.errors import NoisettError
 from noisett_mcp.schemas import GetImageResult
 from noisett_mcp.service import ImageView, Noisett
 from noisett_mcp.tools import ToolRegistry, description
@@ -27,17 +25,14 @@ def register(mcp: ToolRegistry, service: Noisett) -> None:
     async def get_image(image_id: ImageId) -> Annotated[CallToolResult, GetImageResult]:
         """Get a generated image by id: the image itself when it is done, or its progress while it is
         queued or running (then call again later)."""
-        try:
-            view = await service.view(image_id, current_caller().owner)
-            if view.info.status in ("failed", "cancelled"):
-                return error(
-                    f"Image {view.info.id} {view.info.status}: {view.info.error or 'no reason recorded'}."
-                )
-            if view.info.status != "done":
-                return _progress(view)
-            return await _finished(service, view)
-        except NoisettError as exc:
-            raise ToolError(str(exc)) from exc
+        view = await service.view(image_id, current_caller().owner)
+        if view.info.status in ("failed", "cancelled"):
+            return error(
+                f"Image {view.info.id} {view.info.status}: {view.info.error or 'no reason recorded'}."
+            )
+        if view.info.status != "done":
+            return _progress(view)
+        return await _finished(service, view)
 
     mcp.add_tool(
         get_image,
