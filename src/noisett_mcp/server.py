@@ -1,16 +1,17 @@
-"""The MCP server: registration only. Each tool lives in its own module under tools/."""
+"""The MCP server: registration only. The tools live under tools/, the resources under resources/,
+the prompts under prompts/ and the App under app/; a NoisettError from any tool is translated here, once."""
 
 # No `from __future__ import annotations` here: the SDK reads the signatures at registration.
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from mcp import MCPError
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
-from mcp.types import INVALID_PARAMS
+from mcp.types import INVALID_PARAMS, Completion, CompletionArgument, ToolAnnotations
 from pydantic import ValidationError
 
 from noisett_mcp import __version__, images
@@ -21,7 +22,8 @@ from noisett_mcp.prompts import brand
 from noisett_mcp.resources import images as image_resources
 from noisett_mcp.resources import styles as style_resources
 from noisett_mcp.service import Noisett
-from noisett_mcp.tools import cancel, generate, get_image, styles
+from noisett_mcp.surface import Surface, lifespan
+from noisett_mcp.tools import cancel, description, generate, get_image, styles
 
 INSTRUCTIONS = """\
 Noisett makes images on the company's own GPU, in brand styles.
@@ -87,12 +89,15 @@ def _mime_type(content: str | bytes) -> str:
 
 
 def build_server(service: Noisett, *, local_files: bool = False) -> MCPServer:
-    """The MCP server for a running service. `local_files`: it serves the user on their own computer
-    (stdio), so generate_image may read a local source_path; never over HTTP."""
+    """The MCP server for a running service: registration only. `local_files`: it serves the user on
+    their own computer (stdio), so generate_image may read a local source_path; never over HTTP."""
     # generate_image and get_image name the gallery (MCP Apps); the extension brings them to the server.
     apps = gallery.apps(service)
-    generate.register(gallery.GalleryTools(apps), service, local_files=local_files)
-    get_image.register(gallery.GalleryTools(apps), service)
+    for tool, annotations in (
+        (generate.for_geometry(service.render_geometry()), generate.ANNOTATIONS),
+        (get_image.get_image, get_image.ANNOTATIONS),
+    ):
+        apps.tool(resource_uri=gallery.GALLERY_URI, **_tool_details(tool, annotations))(tool)
     mcp = NoisettMCP(
         name="noisett",
         title="Noisett",
@@ -100,6 +105,7 @@ def build_server(service: Noisett, *, local_files: bool = False) -> MCPServer:
         instructions=INSTRUCTIONS,
         version=__version__,
         extensions=[apps],
+        lifespan=lifespan(Surface(service, local_files)),
     )
 
     async def preload_after_tool_listing(ctx: Any, call_next: Any) -> Any:
@@ -112,6 +118,31 @@ def build_server(service: Noisett, *, local_files: bool = False) -> MCPServer:
 
     mcp.middleware.append(preload_after_tool_listing)
     mcp.middleware.append(audit_requests)
-    for module in (styles, style_resources, cancel, image_resources, brand):
-        module.register(mcp, service)
+    mcp.add_tool(styles.list_styles, **_tool_details(styles.list_styles, styles.ANNOTATIONS))
+    mcp.resource(
+        style_resources.URI,
+        name="style-preview",
+        title="Style preview",
+        description=style_resources.DESCRIPTION,
+        mime_type="image/png",
+    )(style_resources.style_preview)
+    mcp.add_tool(cancel.cancel_image, **_tool_details(cancel.cancel_image, cancel.ANNOTATIONS))
+    mcp.resource(
+        image_resources.URI,
+        name="image",
+        title="Generated image",
+        description=image_resources.DESCRIPTION,
+        mime_type="image/png",
+    )(image_resources.image_resource)
+    brand.register(mcp)
+
+    @mcp.completion()
+    async def complete(ref: Any, argument: CompletionArgument, context: Any) -> Completion | None:
+        return await brand.complete_style(service, ref, argument)
+
     return mcp
+
+
+def _tool_details(tool: Callable[..., Any], annotations: ToolAnnotations) -> dict[str, Any]:
+    """What a client shows of a tool besides its schema: the title, the docstring and the hints."""
+    return {"title": annotations.title, "description": description(tool), "annotations": annotations}

@@ -2,22 +2,17 @@
 
 # No `from __future__ import annotations` here: the SDK reads the signature at registration.
 
-from mcp.server.mcpserver import MCPServer
+from typing import Any
+
+from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 
 from noisett_mcp.schemas import ListStylesResult
-from noisett_mcp.service import Noisett
-from noisett_mcp.tools import description
+from noisett_mcp.surface import Surface, surface
+
+ANNOTATIONS = ToolAnnotations(title="List brand styles", readOnlyHint=True, openWorldHint=False)
 
 
-def register(mcp: MCPServer, service: Noisett) -> None:
-    async def list_styles() -> ListStylesResult:
-        """List the brand styles available for generate_image, with what each is for and its defaults."""
-        return ListStylesResult(styles=await service.list_styles())
-
-    mcp.add_tool(
-        list_styles,
-        title="List brand styles",
-        description=description(list_styles),
-        annotations=ToolAnnotations(title="List brand styles", readOnlyHint=True, openWorldHint=False),
-    )
+async def list_styles(ctx: Context[Surface, Any]) -> ListStylesResult:
+    """List the brand styles available for generate_image, with what each is for and its defaults."""
+    return ListStylesResult(styles=await surface(ctx).service.list_styles())
