@@ -53,7 +53,7 @@ async def test_storage_lost_while_the_result_is_built_reaches_the_client_as_its_
             )
     assert stopped.is_set(), "the tool reported no progress while it waited"
     assert made.is_error, made.content
-    text = made.content[0].text  # type: ignore[union-attr]
+    text = made.content[0].text
     assert text.startswith("Error executing tool generate_image: image storage is unreachable right now"), (
         text
     )
