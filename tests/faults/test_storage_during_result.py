@@ -36,7 +36,7 @@ async def test_storage_lost_while_the_result_is_built_reaches_the_client_as_its_
         **blob_settings(own_azurite),
         queue="azure",
         queue_name=f"jobs-{secrets.token_hex(4)}",
-        wait_seconds=1.0,
+        wait_seconds=10.0,  # no worker: the job stays queued and the tool waits it all out
         storage_deadline_seconds=2.0,
     )
     stopped = anyio.Event()
@@ -57,3 +57,16 @@ async def test_storage_lost_while_the_result_is_built_reaches_the_client_as_its_
     assert text.startswith("Error executing tool generate_image: image storage is unreachable right now"), (
         text
     )
+
+
+async def test_an_unexpected_error_in_a_tool_stays_generic(client: Client, settings: Settings) -> None:
+    """Only a NoisettError's message is meant for the caller: a record corrupted on disk fails get_image
+    with the SDK's generic message, and nothing of the file or the parser's text reaches the client."""
+    made = await client.call_tool("generate_image", {"prompt": "to be corrupted", "steps": 1})
+    assert made.structured_content["images"][0]["status"] == "done", "no job writes the record any more"
+    image_id = made.structured_content["images"][0]["id"]
+    [record] = settings.data_dir.rglob(f"{image_id}.json")
+    record.write_text('{"secret-looking": "garbage"', encoding="utf-8")
+    got = await client.call_tool("get_image", {"image_id": image_id})
+    assert got.is_error
+    assert got.content[0].text == "Error executing tool get_image"
