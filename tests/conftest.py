@@ -11,6 +11,7 @@ from noisett_mcp.config import Settings
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from tests.azurite import Azurite, running_azurite, skip_without_azurite
+from tests.jwks import JwksServer, SigningKey
 
 
 @pytest.fixture
@@ -65,3 +66,16 @@ async def client(service: Noisett) -> AsyncIterator[Client]:
     """A real MCP client session, in memory, on a running service with the demo model."""
     async with Client(build_server(service)) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def key() -> SigningKey:
+    """Entra's signing key (tests/jwks.py), for every test that signs tokens."""
+    return SigningKey()
+
+
+@pytest.fixture
+def jwks(key: SigningKey) -> Iterator[JwksServer]:
+    """Entra's JWKS endpoint publishing `key`, over real HTTP on 127.0.0.1."""
+    with JwksServer(key).running() as server:
+        yield server

@@ -97,7 +97,7 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serve_asgi(app: object) -> AsyncIterator[str]:
+async def serve_asgi(app: Callable[..., Any]) -> AsyncIterator[str]:
     """Run an ASGI app under uvicorn on 127.0.0.1 with a random port; yield its base URL."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)

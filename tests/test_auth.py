@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -48,20 +48,9 @@ Endpoint = Callable[..., AbstractAsyncContextManager[str]]
 
 
 @pytest.fixture(scope="module")
-def key() -> SigningKey:
-    return SigningKey()
-
-
-@pytest.fixture(scope="module")
 def foreign_key() -> SigningKey:
     """A key Entra never published: an attacker's."""
     return SigningKey()
-
-
-@pytest.fixture
-def jwks(key: SigningKey) -> Iterator[JwksServer]:
-    with JwksServer(key).running() as server:
-        yield server
 
 
 @pytest.fixture
@@ -342,12 +331,13 @@ async def test_cors_lets_configured_origins_read_the_challenge(start: Endpoint) 
 
 
 async def test_half_or_malformed_settings_are_refused(auth_settings: Callable[..., Settings]) -> None:
-    for overrides, named in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"azure_ad_client_id": None}, "AZURE_AD_CLIENT_ID"),
         ({"azure_ad_tenant_id": None}, "AZURE_AD_TENANT_ID"),
         ({"azure_ad_tenant_id": "contoso.onmicrosoft.com"}, "Directory (tenant) ID"),
         ({"auth_tenants": "not-a-guid"}, "NOISETT_AUTH_TENANTS"),
-    ]:
+    ]
+    for overrides, named in cases:
         with pytest.raises(ValueError, match=named.replace("(", r"\(").replace(")", r"\)")):
             create_app(Noisett(auth_settings(**overrides)))
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from mcp import Client
 
 pytestmark = pytest.mark.anyio
 
-GOOD = {"prompt": "a lighthouse", "steps": 1}
+GOOD: dict[str, Any] = {"prompt": "a lighthouse", "steps": 1}
 
 # (tool, arguments, words the error must contain)
-CASES = [
+CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("generate_image", {}, ["prompt", "required"]),
     ("generate_image", {"prompt": ""}, ["prompt", "at least 1"]),
     ("generate_image", {"prompt": "   "}, ["prompt is empty", "2000"]),

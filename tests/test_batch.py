@@ -5,6 +5,7 @@ out-of-memory fallback work with batches."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from io import BytesIO
 
 import anyio
@@ -14,6 +15,7 @@ import torch
 from mcp import Client
 from PIL import Image
 
+from noisett_mcp.config import Settings
 from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.pipeline import Engine
 from noisett_mcp.jobs.base import Job
@@ -54,7 +56,9 @@ def never() -> bool:
     return False
 
 
-def test_an_image_rendered_in_a_batch_of_four_is_the_one_its_seed_gives_alone(make_settings) -> None:
+def test_an_image_rendered_in_a_batch_of_four_is_the_one_its_seed_gives_alone(
+    make_settings: Callable[..., Settings],
+) -> None:
     engine = Engine(EngineConfig.from_settings(make_settings(batch="on")))
     four = spec(4)
     steps: list[int] = []
@@ -66,7 +70,7 @@ def test_an_image_rendered_in_a_batch_of_four_is_the_one_its_seed_gives_alone(ma
 
 
 async def test_count_four_renders_as_one_batch_with_one_progress_notification_per_step(
-    make_settings,
+    make_settings: Callable[..., Settings],
 ) -> None:
     updates: list[tuple[float, str | None]] = []
 
@@ -90,7 +94,9 @@ async def test_count_four_renders_as_one_batch_with_one_progress_notification_pe
     assert values == sorted(set(values)), "MCP progress must strictly increase"
 
 
-async def test_with_batching_off_the_images_render_one_after_another(make_settings) -> None:
+async def test_with_batching_off_the_images_render_one_after_another(
+    make_settings: Callable[..., Settings],
+) -> None:
     messages: list[str | None] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
@@ -108,7 +114,9 @@ async def test_with_batching_off_the_images_render_one_after_another(make_settin
     ]
 
 
-async def test_a_cancelled_batch_stops_at_the_next_step_and_stores_none_of_its_images(make_settings) -> None:
+async def test_a_cancelled_batch_stops_at_the_next_step_and_stores_none_of_its_images(
+    make_settings: Callable[..., Settings],
+) -> None:
     async with Noisett(make_settings(batch="on")) as service:
         await service.runner.engine()
         job = await service.submit(GenerationRequest(prompt="a long batch", steps=100, count=4))
@@ -124,7 +132,9 @@ async def test_a_cancelled_batch_stops_at_the_next_step_and_stores_none_of_its_i
             assert record is not None and record.status == "cancelled"
 
 
-async def test_a_resumed_job_renders_only_its_missing_images_in_one_batch(make_settings) -> None:
+async def test_a_resumed_job_renders_only_its_missing_images_in_one_batch(
+    make_settings: Callable[..., Settings],
+) -> None:
     """As a worker that takes over a dead worker's job does: the first image is stored, three are not."""
     async with Noisett(make_settings(batch="on")) as service:
         runner = service.runner
@@ -147,7 +157,7 @@ async def test_a_resumed_job_renders_only_its_missing_images_in_one_batch(make_s
 
 
 async def test_out_of_memory_in_a_batch_falls_back_to_one_at_a_time_for_the_process(
-    make_settings, caplog: pytest.LogCaptureFixture
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     async with Noisett(make_settings(batch="on")) as service, Client(build_server(service)) as client:
         engine = await service.runner.engine()

@@ -147,7 +147,7 @@ async def test_no_image_is_lost_while_storage_is_down(
 
             during = await generate(client, "during the outage")
             kept[during["id"]] = await get_image_bytes(client, during["id"])  # served from the spool
-            assert during["id"] in await service.store.spool.pending()
+            assert during["id"] in await service.store.spool.pending()  # type: ignore[attr-defined]
             storage = service.health().body()["storage"]
             assert storage["reachable"] is False and storage["spooled"] >= 1
             assert service.health().body()["status"] != "error", "an outage does not fail the health probe"
@@ -163,7 +163,7 @@ async def test_no_image_is_lost_while_storage_is_down(
             # Back on the same port, empty (in-memory): even the container has to be made again.
             await anyio.to_thread.run_sync(azurite.start)
             with anyio.fail_after(90):
-                while await service.store.spool.pending():
+                while await service.store.spool.pending():  # type: ignore[attr-defined]
                     await anyio.sleep(0.2)
             async with images_container(settings) as container:
                 for image_id, data in kept.items():

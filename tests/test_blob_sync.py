@@ -171,7 +171,8 @@ async def test_a_blob_model_is_synced_to_the_cache_then_loaded(
         assert service.health().body()["status"] == "ready"
 
         # A restart finds every file in place: nothing is downloaded again.
-        account = service.store.account  # type: ignore[attr-defined]
+        account = service.store.account
+        assert account is not None
         again = await sync_prefix(account.container(models), "demo-pipeline/", synced)
         assert again.downloaded == [] and again.removed == [] and again.unchanged == len(files)
         assert await sync_model(account, settings) == synced

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -29,17 +29,6 @@ HEADERS = {
     "Accept": "application/json, text/event-stream",
     "MCP-Protocol-Version": "2025-11-25",
 }
-
-
-@pytest.fixture(scope="module")
-def key() -> SigningKey:
-    return SigningKey()
-
-
-@pytest.fixture
-def jwks(key: SigningKey) -> Iterator[JwksServer]:
-    with JwksServer(key).running() as server:
-        yield server
 
 
 # The 2026-07-28 stateless revision: every request says its version and capabilities, and names its

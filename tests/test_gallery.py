@@ -16,10 +16,10 @@ from mcp.client import advertise
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from mcp.types import CallToolResult
 
+from noisett_mcp.app import gallery
 from noisett_mcp.config import Settings
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
-from noisett_mcp.tools import gallery
 from tests.support import poll_until
 
 pytestmark = pytest.mark.anyio

@@ -57,6 +57,7 @@ def main(templates: dict[str, BicepFile]) -> BicepFile:
 
 def _module(main: BicepFile, name: str) -> tuple[Declaration, BicepFile]:
     declaration = main.modules[name]
+    assert declaration.type is not None, f"module {name} names no file"
     return declaration, read((BICEP / declaration.type).resolve())
 
 
@@ -104,6 +105,7 @@ def _env_names(entries: Any, template: BicepFile) -> dict[str, Any]:
 def test_every_module_gets_the_parameters_it_declares_and_no_others(main: BicepFile) -> None:
     assert main.target_scope == "resourceGroup"
     for name, declaration in main.modules.items():
+        assert declaration.type is not None, f"module {name} names no file"
         path = (BICEP / declaration.type).resolve()
         assert path.is_file(), f"module {name}: {declaration.type} does not exist"
         module = read(path)
@@ -596,6 +598,13 @@ def _lock() -> dict[str, str]:
     return pinned
 
 
+def _name(requirement: str) -> str:
+    """The distribution name a requirement starts with."""
+    found = re.match(r"[A-Za-z0-9._-]+", requirement)
+    assert found is not None, f"no distribution name in {requirement!r}"
+    return found[0]
+
+
 def test_every_package_of_the_image_is_locked_by_version_and_hash() -> None:
     runs = [args for op, args in _instructions() if op == "RUN"]
     assert any("pip install --require-hashes --no-deps -r docker/requirements.txt" in run for run in runs)
@@ -605,12 +614,14 @@ def test_every_package_of_the_image_is_locked_by_version_and_hash() -> None:
     for extra in ("quantization", "azure", "azure-monitor"):
         wanted += project["optional-dependencies"][extra]
     for requirement in wanted:
-        name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement)[0]).lower()
+        name = re.sub(r"[-_.]+", "-", _name(requirement)).lower()
         assert name in lock, (
             f"{name} (pyproject.toml) is not in docker/requirements.txt: run scripts/lock-image"
         )
     # The torch the tests run on (scripts/setup installs it) is the torch the image ships.
-    tested = re.search(r"TORCH_VERSION:-([0-9.]+)", (ROOT / "scripts" / "setup").read_text())[1]
+    found = re.search(r"TORCH_VERSION:-([0-9.]+)", (ROOT / "scripts" / "setup").read_text())
+    assert found is not None, "scripts/setup names no TORCH_VERSION"
+    tested = found[1]
     assert lock["torch"] == tested
     assert any(name.startswith("nvidia-cudnn") for name in lock)  # CUDA comes with the wheels
 
@@ -632,7 +643,7 @@ def test_dockerignore_sends_only_what_the_build_needs() -> None:
 
 
 # --- the workflows ---
-def _workflow(name: str) -> dict[str, Any]:
+def _workflow(name: str) -> dict[Any, Any]:
     return yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import pytest
@@ -46,7 +48,7 @@ async def test_wait_false_returns_a_handle_that_get_image_collects(client: Clien
 
 
 async def test_a_wait_shorter_than_the_job_returns_running_and_the_job_goes_on(
-    make_settings, model_cache
+    make_settings: Callable[..., Settings], model_cache: Path
 ) -> None:
     async with Noisett(make_settings(wait_seconds=0.5)) as service:
         await service.runner.engine()
@@ -59,7 +61,9 @@ async def test_a_wait_shorter_than_the_job_returns_running_and_the_job_goes_on(
             assert got.structured_content["image"]["status"] == "done"
 
 
-async def test_a_full_queue_gets_a_busy_error_and_the_server_goes_on(make_settings) -> None:
+async def test_a_full_queue_gets_a_busy_error_and_the_server_goes_on(
+    make_settings: Callable[..., Settings],
+) -> None:
 
     async with Noisett(make_settings(max_queue=2)) as service:
         await service.runner.engine()
@@ -81,6 +85,7 @@ async def test_a_full_queue_gets_a_busy_error_and_the_server_goes_on(make_settin
             )
             assert not (await client.call_tool("list_styles", {})).is_error
             for job in (service.queue.running, *service.queue.waiting):
+                assert job is not None
                 await service.queue.cancel(job)
             await poll_until(lambda: service.queue.running is None and service.queue.depth == 0, timeout=180)
             result = await client.call_tool("generate_image", {"prompt": "room again", "steps": 1})

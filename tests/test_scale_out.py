@@ -109,10 +109,10 @@ async def test_front_and_two_workers_make_images_with_progress(processes: Proces
     for worker in workers:
         assert (await wait_healthy(worker, status="ready"))["role"] == "worker"
 
-    progress: list[tuple[float, str | None]] = []
+    reported: list[tuple[float, str | None]] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append((value, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append((progress, message))
 
     async with Client(f"{front}/mcp") as client:
         async with anyio.create_task_group() as tg:
@@ -135,7 +135,7 @@ async def test_front_and_two_workers_make_images_with_progress(processes: Proces
             "get_image", {"image_id": results[0].structured_content["images"][1]["id"]}
         )
         assert not got.is_error and any(block.type == "image" for block in got.content)
-    steps = [value for value, message in progress if message and "step" in message]
+    steps = [value for value, message in reported if message and "step" in message]
     assert steps and steps == sorted(set(steps)) and steps[-1] == 12
     done = [(await wait_healthy(worker))["jobs_done"] for worker in workers]
     assert sum(done) == 3

@@ -117,13 +117,14 @@ async def test_styles_differ_strength_scales_and_queued_requests_each_get_their_
     for name in ("a", "b"):
         add_style(settings.resolved_styles_dir, name, adapters[name])
     reference = {}
-    for key, arguments in {
+    variants: dict[str, dict[str, Any]] = {
         "none": {},
         "a": {"style": "a"},
         "b": {"style": "b"},
         "a@0": {"style": "a", "style_strength": 0},
         "a@0.5": {"style": "a", "style_strength": 0.5},
-    }.items():
+    }
+    for key, arguments in variants.items():
         info, data = await generate(client, **arguments)
         reference[key] = pixels(data)
     assert info["style_strength"] == 0.5
@@ -443,7 +444,8 @@ def test_quickstart_generates_with_a_built_in_demo_style(
     assert _cli(monkeypatch, tmp_path, model_cache, *argv) == 0
     path = Path(capsys.readouterr().out.split()[0])
     meta = images.read_metadata(path.read_bytes())
-    assert meta["style"] == "demo-flat" and meta["prompt"].startswith("a lighthouse, flat vector")
+    assert meta["style"] == "demo-flat"
+    assert isinstance(prompt := meta["prompt"], str) and prompt.startswith("a lighthouse, flat vector")
     assert meta["style_sha256"] == sha256_file(DEMO_STYLES_DIR / "demo-flat.safetensors")
 
 

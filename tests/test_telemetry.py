@@ -115,6 +115,7 @@ async def test_a_generation_over_mcp_records_its_span_and_metrics(
     # The job's span hangs under the MCP request that queued it, in the same trace.
     assert job.parent is not None and job.parent.span_id == call.context.span_id
     assert job.context.trace_id == call.context.trace_id
+    assert job.attributes is not None
     assert job.attributes["noisett.status"] == "done" and job.attributes["noisett.images.done"] == 2
     assert job.attributes["noisett.steps"] == 2 and job.status.status_code is StatusCode.UNSET
     assert [event.name for event in job.events] == ["started"]

@@ -12,6 +12,7 @@ from mcp import Client
 from PIL import Image
 
 from noisett_mcp import images
+from noisett_mcp.service import Noisett
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +44,8 @@ async def test_full_image_is_a_png_whose_metadata_round_trips(client: Client) ->
     meta = images.read_metadata(data)
     assert meta["prompt"] == "a blue heron" and meta["negative_prompt"] == "text"
     assert meta["seed"] == 11 and meta["steps"] == 2 and meta["model"] == "demo"
-    assert {"torch", "diffusers", "transformers", "noisett_mcp"} <= set(meta["versions"])
+    assert isinstance(versions := meta["versions"], dict)
+    assert {"torch", "diffusers", "transformers", "noisett_mcp"} <= set(versions)
     assert json.loads(Image.open(io.BytesIO(data)).info[images.METADATA_KEY])["seed"] == 11
 
 
@@ -95,7 +97,7 @@ async def test_count_four_result_stays_under_one_mebibyte(client: Client) -> Non
 
 
 async def test_get_image_sends_a_reduced_copy_of_a_full_size_image_under_the_cap(
-    client: Client, service
+    client: Client, service: Noisett
 ) -> None:
     # A 1024² image of pure noise is the worst case for compression (the real model's size).
     result = await client.call_tool("generate_image", {"prompt": "noise", "steps": 1})

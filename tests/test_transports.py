@@ -61,10 +61,10 @@ async def test_http_serves_mcp_progress_and_health(settings: Settings) -> None:
             assert {"device", "gpu_available", "version", "queue_depth"} <= set(health)
             assert (await http.get(f"{base}/health")).status_code == 200
 
-        progress: list[float] = []
+        reported: list[float] = []
 
-        async def on_progress(value: float, total: float | None, message: str | None) -> None:
-            progress.append(value)
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            reported.append(progress)
 
         async with Client(f"{base}/mcp") as client:
             result = await client.call_tool(
@@ -72,7 +72,7 @@ async def test_http_serves_mcp_progress_and_health(settings: Settings) -> None:
             )
             assert not result.is_error
             image_id = result.structured_content["images"][0]["id"]
-        assert progress[-3:] == [1, 2, 3]
+        assert reported[-3:] == [1, 2, 3]
 
         # Stateless: a second, independent session reads what the first made.
         async with Client(f"{base}/mcp", mode="legacy") as legacy:

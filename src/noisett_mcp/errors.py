@@ -14,8 +14,12 @@ NoisettError
 ├── StyleUnavailable      a style that exists but cannot be used right now (a download failed)
 ├── SourceUnavailable     an image-to-image job's source is gone from the store (it expired)
 ├── ImageToImageUnsupported  the model's scheduler cannot start from a source image
-└── ModelUnavailable      the model cannot load here (no CUDA for NOISETT_DEVICE, no hub and no cache)
-    └── AzureStorageNeeded  a `blob://` model, but no Azure storage is configured to fetch it from
+├── ModelUnavailable      the model cannot load here (no CUDA for NOISETT_DEVICE, no hub and no cache)
+│   └── AzureStorageNeeded  a `blob://` model, but no Azure storage is configured to fetch it from
+├── UnsafeFile            a style file that is not read: a link out of the folder, not a regular file,
+│                         or too large (the catalog refuses its style with this reason)
+├── TokenRejected         why an access token was refused: logged for the operator, never sent
+└── NoIdentity            a verified token that names no principal to own images (a 401 that says why)
 """
 
 from __future__ import annotations
@@ -119,6 +123,19 @@ class AzureStorageNeeded(ModelUnavailable):
 
     def __init__(self, what: str) -> None:
         super().__init__(needs_azure_storage(what))
+
+
+class UnsafeFile(NoisettError):
+    """Why a style file is not read; the message is safe to show to a client (no outside paths)."""
+
+
+class TokenRejected(NoisettError):
+    """Why a token was refused; logged for the operator, never sent to the client (the auth gate answers
+    401 without it, so a caller learns nothing about the checks)."""
+
+
+class NoIdentity(NoisettError):
+    """A verified token that names no principal the server can own images for; the message says why."""
 
 
 AZURE_STORAGE_NEEDED = "set AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL"

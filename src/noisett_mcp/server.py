@@ -1,22 +1,29 @@
-"""The MCP server: registration only. Each tool lives in its own module under tools/."""
+"""The MCP server: registration only. The tools live under tools/, the resources under resources/,
+the prompts under prompts/ and the App under app/; a NoisettError from any tool is translated here, once."""
 
 # No `from __future__ import annotations` here: the SDK reads the signatures at registration.
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from mcp import MCPError
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
-from mcp.types import INVALID_PARAMS
+from mcp.types import INVALID_PARAMS, Completion, CompletionArgument, ToolAnnotations
 from pydantic import ValidationError
 
 from noisett_mcp import __version__, images
+from noisett_mcp.app import gallery
 from noisett_mcp.audit import audit_requests
+from noisett_mcp.errors import NoisettError
+from noisett_mcp.prompts import brand
+from noisett_mcp.resources import images as image_resources
+from noisett_mcp.resources import styles as style_resources
 from noisett_mcp.service import Noisett
-from noisett_mcp.tools import cancel, gallery, generate, get_image, prompts, resources, styles
+from noisett_mcp.surface import Surface, lifespan
+from noisett_mcp.tools import cancel, description, generate, get_image, styles
 
 INSTRUCTIONS = """\
 Noisett makes images on the company's own GPU, in brand styles.
@@ -41,12 +48,18 @@ class NoisettMCP(MCPServer):
         ]
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
-        """Argument errors in a form an assistant can act on: one line per field, without pydantic's links.
-        A validation error raised inside a tool is a crash, not the caller's mistake: it stays one."""
+        """Errors translated once, for every tool: a NoisettError is meant for the caller, so its message
+        arrives as a tool error; any other exception stays the SDK's generic "Error executing tool".
+        Argument errors come in a form an assistant can act on: one line per field, without pydantic's
+        links. A validation error raised inside a tool is a crash, not the caller's mistake: it stays one."""
         try:
             return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError as exc:
+            if isinstance(exc.__cause__, NoisettError):
+                raise ToolError(f"Error executing tool {name}: {exc.__cause__}") from exc.__cause__
+            raise
         except ToolError as exc:
-            if isinstance(exc, UnexpectedToolError) or not isinstance(exc.__cause__, ValidationError):
+            if not isinstance(exc.__cause__, ValidationError):
                 raise
             problems = "; ".join(
                 f"{'.'.join(str(part) for part in error['loc']) or 'arguments'}: {error['msg']}"
@@ -76,12 +89,15 @@ def _mime_type(content: str | bytes) -> str:
 
 
 def build_server(service: Noisett, *, local_files: bool = False) -> MCPServer:
-    """The MCP server for a running service. `local_files`: it serves the user on their own computer
-    (stdio), so generate_image may read a local source_path; never over HTTP."""
+    """The MCP server for a running service: registration only. `local_files`: it serves the user on
+    their own computer (stdio), so generate_image may read a local source_path; never over HTTP."""
     # generate_image and get_image name the gallery (MCP Apps); the extension brings them to the server.
     apps = gallery.apps(service)
-    generate.register(gallery.GalleryTools(apps), service, local_files=local_files)
-    get_image.register(gallery.GalleryTools(apps), service)
+    for tool, annotations in (
+        (generate.for_geometry(service.render_geometry()), generate.ANNOTATIONS),
+        (get_image.get_image, get_image.ANNOTATIONS),
+    ):
+        apps.tool(resource_uri=gallery.GALLERY_URI, **_tool_details(tool, annotations))(tool)
     mcp = NoisettMCP(
         name="noisett",
         title="Noisett",
@@ -89,6 +105,7 @@ def build_server(service: Noisett, *, local_files: bool = False) -> MCPServer:
         instructions=INSTRUCTIONS,
         version=__version__,
         extensions=[apps],
+        lifespan=lifespan(Surface(service, local_files)),
     )
 
     async def preload_after_tool_listing(ctx: Any, call_next: Any) -> Any:
@@ -101,6 +118,31 @@ def build_server(service: Noisett, *, local_files: bool = False) -> MCPServer:
 
     mcp.middleware.append(preload_after_tool_listing)
     mcp.middleware.append(audit_requests)
-    for module in (styles, cancel, resources, prompts):
-        module.register(mcp, service)
+    mcp.add_tool(styles.list_styles, **_tool_details(styles.list_styles, styles.ANNOTATIONS))
+    mcp.resource(
+        style_resources.URI,
+        name="style-preview",
+        title="Style preview",
+        description=style_resources.DESCRIPTION,
+        mime_type="image/png",
+    )(style_resources.style_preview)
+    mcp.add_tool(cancel.cancel_image, **_tool_details(cancel.cancel_image, cancel.ANNOTATIONS))
+    mcp.resource(
+        image_resources.URI,
+        name="image",
+        title="Generated image",
+        description=image_resources.DESCRIPTION,
+        mime_type="image/png",
+    )(image_resources.image_resource)
+    brand.register(mcp)
+
+    @mcp.completion()
+    async def complete(ref: Any, argument: CompletionArgument, context: Any) -> Completion | None:
+        return await brand.complete_style(service, ref, argument)
+
     return mcp
+
+
+def _tool_details(tool: Callable[..., Any], annotations: ToolAnnotations) -> dict[str, Any]:
+    """What a client shows of a tool besides its schema: the title, the docstring and the hints."""
+    return {"title": annotations.title, "description": description(tool), "annotations": annotations}

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import anyio
 import httpx2
 import pytest
 from mcp import Client
+from mcp.types import CallToolResult
 
 from noisett_mcp.config import Settings
 from noisett_mcp.http import create_app
@@ -33,11 +35,11 @@ def own_azurite() -> Iterator[Azurite]:
         yield instance
 
 
-async def storage(http: httpx2.AsyncClient, base: str) -> dict[str, object]:
+async def storage(http: httpx2.AsyncClient, base: str) -> dict[str, Any]:
     return (await http.get(f"{base}/healthz")).json()["storage"]
 
 
-async def timed(client: Client, tool: str, arguments: dict[str, object]) -> tuple[float, object]:
+async def timed(client: Client, tool: str, arguments: dict[str, object]) -> tuple[float, CallToolResult]:
     started = time.monotonic()
     result = await client.call_tool(tool, arguments)
     return time.monotonic() - started, result
@@ -56,7 +58,7 @@ async def test_requests_outrun_a_hung_store_and_health_says_so(
         await service.runner.engine()
         before = await client.call_tool("generate_image", {"prompt": "stored before", "steps": 2})
         uploaded = before.structured_content["images"][0]["id"]
-        await poll_until(lambda: not service.store.spool.pending_now(), timeout=30)
+        await poll_until(lambda: not service.store.spool.pending_now(), timeout=30)  # type: ignore[attr-defined]
         baseline, _ = await timed(client, "generate_image", {"prompt": "a baseline", "steps": 2})
         assert (await storage(http, base))["reachable"] is True
 

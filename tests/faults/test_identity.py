@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,17 +23,6 @@ pytestmark = pytest.mark.anyio
 TENANT = Tenant(str(uuid.uuid4()), str(uuid.uuid4()))
 METADATA = "/.well-known/oauth-protected-resource/mcp"
 PUBLIC = "https://noisett.contoso.example"
-
-
-@pytest.fixture(scope="module")
-def key() -> SigningKey:
-    return SigningKey()
-
-
-@pytest.fixture
-def jwks(key: SigningKey) -> Iterator[JwksServer]:
-    with JwksServer(key).running() as server:
-        yield server
 
 
 @asynccontextmanager

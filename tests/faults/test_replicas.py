@@ -70,7 +70,7 @@ async def test_a_second_replica_tells_running_elsewhere_from_a_dead_process(
             process.wait()
         view = await replica_2.view(image_id)
         assert "no sign of life" in (view.info.error or ""), view.info.error
-        await poll_until(lambda: not replica_2.store.spool.pending_now(), timeout=30)
+        await poll_until(lambda: not replica_2.store.spool.pending_now(), timeout=30)  # type: ignore[attr-defined]
 
     # The record itself now says so, for every replica, from Blob storage.
     async with Noisett(make_settings(**shared, data_dir=tmp_path / "replica-3")) as replica_3:

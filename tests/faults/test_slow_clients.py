@@ -92,7 +92,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
 async def test_half_sent_requests_are_cut_off_and_health_keeps_answering(
     settings: Settings, tmp_path: Path
 ) -> None:
-    log_path, started = tmp_path / "server.log", []
+    log_path, started = tmp_path / "server.log", list[subprocess.Popen[bytes]]()
     # A cap below the squeezed limit, and a short keep-alive to measure.
     env = env_for(settings, NOISETT_HTTP_MAX_CONNECTIONS="20", NOISETT_HTTP_KEEP_ALIVE_SECONDS="1")
     async with cli_http_server(env, log_path, started=started) as base:
@@ -137,7 +137,7 @@ async def test_running_out_of_descriptors_logs_once_not_once_per_socket(
 ) -> None:
     """With the connection cap above the descriptor limit, accept() does fail (EMFILE): the log says
     so once, not once per try, and the server recovers once the half-sent requests are cut off."""
-    log_path, started = tmp_path / "server.log", []
+    log_path, started = tmp_path / "server.log", list[subprocess.Popen[bytes]]()
     env = env_for(settings, NOISETT_HTTP_MAX_CONNECTIONS="1000")
     async with cli_http_server(env, log_path, started=started) as base:
         squeeze(started[0])

@@ -16,6 +16,9 @@ def test_every_error_is_a_noisett_error_and_bad_input_is_a_value_error() -> None
         errors.GenerationCancelled(),
         errors.StyleRefused(Path("s.toml"), "bad"),
         errors.StyleUnavailable("later"),
+        errors.UnsafeFile("it is a named pipe (FIFO), not a regular file"),
+        errors.TokenRejected("no key id (kid) in the header"),
+        errors.NoIdentity("the access token has no usable tenant id (tid)"),
     ]
     assert all(isinstance(e, errors.NoisettError) for e in made)
     assert isinstance(made[0], ValueError) and isinstance(made[1], errors.RequestError)

@@ -91,7 +91,8 @@ def test_a_wide_source_is_scaled_to_cover_and_centre_cropped() -> None:
     data = encoded(wide)
     fitted = sources.fit(data, 64, 64)
     assert fitted.size == (64, 64) and fitted.mode == "RGB"
-    assert fitted.getpixel((0, 32))[0] > 200  # the left edge is red: the blue quarter is gone
+    left = fitted.getpixel((0, 32))
+    assert isinstance(left, tuple) and left[0] > 200  # the left edge is red: the blue quarter is gone
     assert sources.describe_fit(sources.check(data), 64, 64) == (
         "source 200×100 scaled to 128×64 and centre-cropped to 64×64 (64 px from its width cut)"
     )

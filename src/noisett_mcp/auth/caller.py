@@ -17,12 +17,10 @@ from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 
+from noisett_mcp.errors import NoIdentity
+
 LOCAL_OWNER = "local"
 APP_PREFIX = "app:"
-
-
-class NoIdentity(Exception):
-    """A verified token that names no principal the server can own images for; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from mcp.server.auth.provider import AccessToken, TokenVerifier
 
 from noisett_mcp import __version__
 from noisett_mcp.auth.config import SCOPE_NAME, EntraConfig
+from noisett_mcp.errors import TokenRejected
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,6 @@ LEEWAY_SECONDS = 60
 # unknown `kid` still forces a refetch (after the cooldown).
 JWKS_LIFESPAN_SECONDS = 900
 JWKS_TIMEOUT_SECONDS = 10
-
-
-class TokenRejected(Exception):
-    """Why a token was refused; logged for the operator, never sent to the client."""
 
 
 class EntraTokenVerifier(TokenVerifier):

@@ -22,12 +22,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from noisett_mcp.config import Settings
-from noisett_mcp.errors import StyleRefused, StyleUnavailable
+from noisett_mcp.errors import StyleRefused, StyleUnavailable, UnsafeFile
 from noisett_mcp.styles.files import (
     MAX_MANIFEST_BYTES,
     MAX_PREVIEW_BYTES,
     FileKey,
-    UnsafeFile,
     read_capped,
     regular_file,
     sha256_regular,

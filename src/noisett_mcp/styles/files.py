@@ -16,16 +16,14 @@ import os
 import stat
 from pathlib import Path
 
+from noisett_mcp.errors import UnsafeFile
+
 MAX_MANIFEST_BYTES = 64 * 1024  # a manifest is a few hundred bytes; this leaves room for long descriptions
 MAX_PREVIEW_BYTES = 8 * 1024 * 1024  # a preview is shown small; the whole file goes to the client
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
 _OPEN_FLAGS |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 FileKey = tuple[str, int, int, int]  # real path, mtime, size, inode: what a cache entry depends on
-
-
-class UnsafeFile(Exception):
-    """Why a style file is not read; the message is safe to show to a client (no outside paths)."""
 
 
 def _kind(mode: int) -> str:

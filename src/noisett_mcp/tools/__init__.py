@@ -1,25 +1,11 @@
-"""The MCP tools and resources, one module each; server.py registers them. A tool body validates what
-the schema cannot, calls the service, and shapes a result that clients can hold (results.py)."""
+"""The MCP tools, one module each, as module-level functions (resources, prompts and the App have
+folders of their own); server.py registers them. A tool takes what it needs from its `Context`
+(surface.py), validates what the schema cannot, calls the service, and shapes a result that clients
+can hold (results.py). It raises NoisettError as it is: the server turns it into a tool error."""
 
 import inspect
 from collections.abc import Callable
-from typing import Any, Protocol
-
-from mcp.types import ToolAnnotations
-
-
-class ToolRegistry(Protocol):
-    """Where a tool module adds its tool: the server itself, or the gallery's Apps extension
-    (tools/gallery.py), which binds the tool to the gallery and hands it to the server."""
-
-    def add_tool(
-        self,
-        fn: Callable[..., Any],
-        *,
-        title: str | None = None,
-        description: str | None = None,
-        annotations: ToolAnnotations | None = None,
-    ) -> Any: ...
+from typing import Any
 
 
 def description(fn: Callable[..., Any]) -> str:

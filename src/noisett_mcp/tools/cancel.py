@@ -4,19 +4,16 @@ else an image id answers exactly as an unknown one does."""
 
 # No `from __future__ import annotations` here: the SDK reads the signature at registration.
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver import Context
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from noisett_mcp.auth.caller import current_caller
-from noisett_mcp.errors import NoisettError
 from noisett_mcp.schemas import ImageInfo
-from noisett_mcp.service import Noisett
-from noisett_mcp.tools import description
+from noisett_mcp.surface import Surface, surface
 from noisett_mcp.tools.get_image import ImageId
 from noisett_mcp.tools.results import result
 
@@ -34,38 +31,30 @@ def caller_roles() -> set[str]:
     return {str(role) for role in roles} if isinstance(roles, list) else set()
 
 
-def register(mcp: MCPServer, service: Noisett) -> None:
-    operators = set(service.settings.cancel_roles)
+ANNOTATIONS = ToolAnnotations(
+    title="Cancel image",
+    readOnlyHint=False,
+    destructiveHint=True,
+    idempotentHint=True,
+    openWorldHint=False,
+)
 
-    async def cancel_image(image_id: ImageId) -> Annotated[CallToolResult, CancelImageResult]:
-        """Cancel a generation you started, by the id of any of its images: a queued job leaves the
-        line, a running one stops at its next step. All images of that generate_image call stop.
-        Use it for jobs started with wait=false that are no longer wanted."""
-        try:
-            view = await service.cancel(
-                image_id, current_caller().owner, any_owner=bool(operators & caller_roles())
-            )
-        except NoisettError as exc:
-            raise ToolError(str(exc)) from exc
-        info = view.info
-        if info.status == "cancelled":
-            message = f"Image {info.id} is cancelled."
-        elif view.finished:
-            message = f"Image {info.id} was already {info.status}: nothing to cancel."
-        else:
-            message = f"Image {info.id} will stop at its next denoising step; get_image then says cancelled."
-        done = CancelImageResult(image=info, cancelled=info.status == "cancelled", message=message)
-        return result(done, [TextContent(type="text", text=message)])
 
-    mcp.add_tool(
-        cancel_image,
-        title="Cancel image",
-        description=description(cancel_image),
-        annotations=ToolAnnotations(
-            title="Cancel image",
-            readOnlyHint=False,
-            destructiveHint=True,
-            idempotentHint=True,
-            openWorldHint=False,
-        ),
-    )
+async def cancel_image(
+    ctx: Context[Surface, Any], image_id: ImageId
+) -> Annotated[CallToolResult, CancelImageResult]:
+    """Cancel a generation you started, by the id of any of its images: a queued job leaves the
+    line, a running one stops at its next step. All images of that generate_image call stop.
+    Use it for jobs started with wait=false that are no longer wanted."""
+    service = surface(ctx).service
+    operator = bool(set(service.settings.cancel_roles) & caller_roles())
+    view = await service.cancel(image_id, current_caller().owner, any_owner=operator)
+    info = view.info
+    if info.status == "cancelled":
+        message = f"Image {info.id} is cancelled."
+    elif view.finished:
+        message = f"Image {info.id} was already {info.status}: nothing to cancel."
+    else:
+        message = f"Image {info.id} will stop at its next denoising step; get_image then says cancelled."
+    done = CancelImageResult(image=info, cancelled=info.status == "cancelled", message=message)
+    return result(done, [TextContent(type="text", text=message)])

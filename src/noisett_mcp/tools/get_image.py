@@ -3,19 +3,18 @@ the full one), or its progress while it is queued or running."""
 
 # No `from __future__ import annotations` here: the SDK reads the signature at registration.
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver import Context
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
 from noisett_mcp import images
 from noisett_mcp.auth.caller import current_caller
-from noisett_mcp.errors import NoisettError
 from noisett_mcp.schemas import GetImageResult
 from noisett_mcp.service import ImageView, Noisett
-from noisett_mcp.tools import ToolRegistry, description
+from noisett_mcp.surface import Surface, surface
 from noisett_mcp.tools.results import b64, error, link, result
 
 ImageId = Annotated[
@@ -23,28 +22,21 @@ ImageId = Annotated[
 ]
 
 
-def register(mcp: ToolRegistry, service: Noisett) -> None:
-    async def get_image(image_id: ImageId) -> Annotated[CallToolResult, GetImageResult]:
-        """Get a generated image by id: the image itself when it is done, or its progress while it is
-        queued or running (then call again later)."""
-        try:
-            view = await service.view(image_id, current_caller().owner)
-            if view.info.status in ("failed", "cancelled"):
-                return error(
-                    f"Image {view.info.id} {view.info.status}: {view.info.error or 'no reason recorded'}."
-                )
-            if view.info.status != "done":
-                return _progress(view)
-            return await _finished(service, view)
-        except NoisettError as exc:
-            raise ToolError(str(exc)) from exc
+ANNOTATIONS = ToolAnnotations(title="Get image", readOnlyHint=True, openWorldHint=False)
 
-    mcp.add_tool(
-        get_image,
-        title="Get image",
-        description=description(get_image),
-        annotations=ToolAnnotations(title="Get image", readOnlyHint=True, openWorldHint=False),
-    )
+
+async def get_image(
+    ctx: Context[Surface, Any], image_id: ImageId
+) -> Annotated[CallToolResult, GetImageResult]:
+    """Get a generated image by id: the image itself when it is done, or its progress while it is
+    queued or running (then call again later)."""
+    service = surface(ctx).service
+    view = await service.view(image_id, current_caller().owner)
+    if view.info.status in ("failed", "cancelled"):
+        return error(f"Image {view.info.id} {view.info.status}: {view.info.error or 'no reason recorded'}.")
+    if view.info.status != "done":
+        return _progress(view)
+    return await _finished(service, view)
 
 
 def _progress(view: ImageView) -> CallToolResult:

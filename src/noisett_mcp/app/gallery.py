@@ -5,9 +5,7 @@ the same for every client."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib.resources import files
-from typing import Any
 from urllib.parse import urlsplit
 
 from mcp.server.apps import Apps, ResourceCsp
@@ -19,7 +17,7 @@ GALLERY_URI = "ui://noisett/gallery.html"
 
 def html() -> str:
     """The gallery document, shipped in the wheel beside this module."""
-    return (files("noisett_mcp.tools") / "gallery.html").read_text(encoding="utf-8")
+    return (files("noisett_mcp.app") / "gallery.html").read_text(encoding="utf-8")
 
 
 def sas_origin(service: Noisett) -> str | None:
@@ -51,14 +49,3 @@ def apps(service: Noisett) -> Apps:
         prefers_border=True,
     )
     return extension
-
-
-class GalleryTools:
-    """Registers a tool bound to the gallery, in the shape of `MCPServer.add_tool`, so that a tool module
-    registers the same way with or without it."""
-
-    def __init__(self, extension: Apps) -> None:
-        self._apps = extension
-
-    def add_tool(self, fn: Callable[..., Any], **kwargs: Any) -> None:
-        self._apps.tool(resource_uri=GALLERY_URI, **kwargs)(fn)

@@ -75,23 +75,22 @@ def expand(prompt: BrandPrompt, subject: str, style: str, aspect_ratio: str) -> 
     )
 
 
-def register(mcp: MCPServer, service: Noisett) -> None:
+def register(mcp: MCPServer) -> None:
+    """Each brand prompt, with its own aspect ratio as the default (the prompts are data, not code)."""
     for prompt in PROMPTS:
         _register_prompt(mcp, prompt)
 
-    @mcp.completion()
-    async def complete(ref: Any, argument: CompletionArgument, context: Any) -> Completion | None:
-        """Completes a prompt's `style` argument from the styles that exist now."""
-        if not isinstance(ref, PromptReference) or argument.name != "style":
-            return None
-        names = [style.name for style in await service.list_styles()]
-        typed = argument.value.lower()
-        matches = [name for name in names if name.lower().startswith(typed)]
-        return Completion(
-            values=matches[:MAX_COMPLETIONS],
-            total=len(matches),
-            has_more=len(matches) > MAX_COMPLETIONS,
-        )
+
+async def complete_style(service: Noisett, ref: Any, argument: CompletionArgument) -> Completion | None:
+    """Completes a prompt's `style` argument from the styles that exist now."""
+    if not isinstance(ref, PromptReference) or argument.name != "style":
+        return None
+    names = [style.name for style in await service.list_styles()]
+    typed = argument.value.lower()
+    matches = [name for name in names if name.lower().startswith(typed)]
+    return Completion(
+        values=matches[:MAX_COMPLETIONS], total=len(matches), has_more=len(matches) > MAX_COMPLETIONS
+    )
 
 
 def _register_prompt(mcp: MCPServer, prompt: BrandPrompt) -> None:
