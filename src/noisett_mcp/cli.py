@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes.util
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ from urllib.request import url2pathname
 import anyio
 
 from noisett_mcp import __version__, telemetry
+from noisett_mcp.commands.preflight import has_nvidia_driver, render_problems
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import needs_azure_storage
 from noisett_mcp.schemas import ASPECT_RATIOS, MAX_PROMPT_CHARS
@@ -32,12 +32,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     overrides = {"model": args.model} if getattr(args, "model", None) else {}
     settings = _settings(overrides)
-    if settings.device.startswith("cuda") and ctypes.util.find_library("cuda") is None:
+    if settings.device.startswith("cuda") and not has_nvidia_driver():
         # Cheap, before torch: no NVIDIA driver library at all (the engine checks torch's view too).
         _fail(
             f"NOISETT_DEVICE={settings.device}, but this machine has no NVIDIA driver (libcuda): "
             "set NOISETT_DEVICE=auto or cpu"
         )
+    # A front (NOISETT_QUEUE=azure) leaves the model to its GPU workers.
+    if args.run is _worker or (args.run in (_serve, _generate) and settings.queue == "local"):
+        for problem in render_problems(settings, model_flag=bool(overrides)):
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
     # Logs go to stderr (on stdio, stdout belongs to the MCP protocol), with secrets redacted.
     configure_logging(settings.log_level, settings.log_format)
     sys.exit(args.run(args, settings) or 0)
