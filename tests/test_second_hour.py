@@ -101,3 +101,96 @@ def test_a_front_leaves_the_model_to_its_workers(settings: Settings) -> None:
     env = child_env(settings, NOISETT_QUEUE="azure", NOISETT_QUANTIZE="nf4", NOISETT_MODEL="./elsewhere")
     line = _refused(env, "serve")
     assert "NOISETT_QUEUE=azure" in line and "QUANTIZE" not in line and "elsewhere" not in line
+
+
+# --- paths from where the user stands, and the CLI's own words ---
+def _write_png(path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (80, 60), (200, 80, 40)).save(path)
+
+
+@pytest.mark.slow
+def test_generate_reads_relative_paths_from_the_callers_folder_and_copies_with_their_umask(
+    settings: Settings, tmp_path: Path
+) -> None:
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    _write_png(caller / "source.png")
+    relative = ["--source", "./source.png", "--out", "."]
+    result = subprocess.run(
+        [sys.executable, "-m", "noisett_mcp", "generate", "a red fox", "--steps", "2", *relative],
+        env=child_env(settings),
+        cwd=caller,
+        umask=0o027,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    [copied] = [path for path in caller.glob("*.png") if path.name != "source.png"]
+    assert result.stdout.splitlines()[1] == f"  copied to {copied}"
+    assert copied.stat().st_mode & 0o777 == 0o640  # the user's umask, not the store's private 0600
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / ".venv/bin/noisett-mcp").exists(), reason="needs scripts/setup's .venv")
+def test_the_readme_demo_command_writes_into_the_folder_it_is_run_from(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # As the README writes it, from a folder outside the clone (scripts/setup reuses the .venv there).
+    env = {k: v for k, v in child_env(settings).items() if k not in ("VENV", "PYTHONPATH")}
+    result = subprocess.run(
+        [str(ROOT / "scripts/demo"), "a red fox", "--style", "demo-flat", "--out", "."],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    [copied] = tmp_path.glob("*.png")
+    assert f"  copied to {copied}" in result.stdout.splitlines()
+
+
+def test_source_flags_are_checked_in_the_clis_words_before_any_work(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = child_env(settings)
+    line = _refused(env, "generate", "a fox", "--source", "missing.png", cwd=tmp_path)
+    assert line == f"error: --source missing.png: no such file ({tmp_path / 'missing.png'})"
+    line = _refused(env, "generate", "a fox", "--strength", "0.3")
+    assert line == (
+        "error: --strength applies only with a source image: add --source FILE or --source-image-id ID"
+    )
+    _write_png(tmp_path / "a.png")
+    both = ["--source", str(tmp_path / "a.png"), "--source-image-id", "0" * 32]
+    line = _refused(env, "generate", "a fox", *both)
+    assert line == "error: give one source image: --source FILE or --source-image-id ID, not both"
+    line = _refused(env, "generate", "")
+    assert line == "error: PROMPT is empty: say what the image shows, in 1 to 2000 characters"
+    line = _refused(env, "generate", "a fox", "--style-strength", "3")
+    assert line == "error: --style-strength 3.0: allowed 0 to 2"
+
+
+@pytest.mark.parametrize(
+    ("args", "usage", "unknown"),
+    [
+        (["generate", "a fox", "--stps", "3"], "usage: noisett-mcp generate ", "--stps 3"),
+        (["serve", "--trasport", "http"], "usage: noisett-mcp serve ", "--trasport http"),
+        (["styles", "check", "--no-kes"], "usage: noisett-mcp styles check ", "--no-kes"),
+    ],
+)
+def test_a_typod_option_shows_the_usage_of_its_command(
+    settings: Settings, args: list[str], usage: str, unknown: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "noisett_mcp", *args],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(usage), result.stderr
+    assert result.stderr.splitlines()[-1].endswith(f"error: unrecognized arguments: {unknown}")

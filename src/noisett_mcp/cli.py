@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import anyio
 
 from noisett_mcp import __version__, telemetry
+from noisett_mcp.commands.generate import generate
 from noisett_mcp.commands.preflight import has_nvidia_driver, render_problems
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import needs_azure_storage
@@ -26,7 +24,9 @@ log = logging.getLogger("noisett_mcp")
 
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # a typo'd option: show the usage of the command it was given to
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         sys.exit(2)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
             "set NOISETT_DEVICE=auto or cpu"
         )
     # A front (NOISETT_QUEUE=azure) leaves the model to its GPU workers.
-    if args.run is _worker or (args.run in (_serve, _generate) and settings.queue == "local"):
+    if args.run is _worker or (args.run in (_serve, generate) and settings.queue == "local"):
         for problem in render_problems(settings, model_flag=bool(overrides)):
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve HTTP beyond this machine without Entra auth (only behind a gateway that authenticates)",
     )
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(command_parser=serve, run=_serve)
 
     worker = commands.add_parser(
         "worker",
@@ -101,14 +101,16 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--health-port", type=int, help="port of the worker's /healthz (default: NOISETT_WORKER_HEALTH_PORT)"
     )
-    worker.set_defaults(run=_worker)
+    worker.set_defaults(command_parser=worker, run=_worker)
 
     gen = commands.add_parser(
         "generate",
         help="make images from the shell",
         description="Make images from the shell, with a progress bar; prints where each image went.",
     )
-    gen.add_argument("prompt", help=f"what the image shows (1 to {MAX_PROMPT_CHARS} characters)")
+    gen.add_argument(
+        "prompt", metavar="PROMPT", help=f"what the image shows (1 to {MAX_PROMPT_CHARS} characters)"
+    )
     gen.add_argument("--negative-prompt", default="", help="what the image must not show")
     gen.add_argument("--style", default="none", help="a brand style (see list_styles); default: none")
     gen.add_argument("--style-strength", type=float, help="0 to 2; default: the style's own strength")
@@ -123,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--strength", type=float, help="with a source: 0 keeps it, 1 ignores it; default 0.6")
     gen.add_argument("--out", type=Path, help="also copy the images into this folder")
     gen.add_argument("--model", help="override NOISETT_MODEL (`demo` for the tiny offline model)")
-    gen.set_defaults(run=_generate)
+    gen.set_defaults(command_parser=gen, run=generate)
 
     demo = commands.add_parser(
         "demo-model",
@@ -131,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Write the tiny random-weight HiDream pipeline (used by NOISETT_MODEL=demo) to DIR.",
     )
     demo.add_argument("dir", type=Path)
-    demo.set_defaults(run=_demo_model)
+    demo.set_defaults(command_parser=demo, run=_demo_model)
 
     styles = commands.add_parser("styles", help="work with brand styles", description="Brand styles.")
     check = styles.add_subparsers(title="commands", metavar="COMMAND").add_parser(
@@ -147,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip matching adapter keys against the model's transformer (that reads its weight names)",
     )
-    check.set_defaults(run=_styles_check)
+    check.set_defaults(command_parser=check, run=_styles_check)
     return parser
 
 
@@ -249,84 +251,6 @@ def _http_auth_problem(settings: Settings, insecure: bool) -> str | None:
         "Microsoft Entra ID section), serve on 127.0.0.1, or pass --insecure-no-auth if a gateway in front "
         "already authenticates callers."
     )
-
-
-def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    from pydantic import ValidationError
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from noisett_mcp import sources
-    from noisett_mcp.errors import NoisettError
-    from noisett_mcp.schemas import GenerationRequest
-    from noisett_mcp.service import Noisett
-
-    try:
-        request = GenerationRequest(**{name: getattr(args, name) for name in GenerationRequest.model_fields})
-    except ValidationError as exc:
-        for problem in exc.errors(include_url=False):
-            print(
-                f"error: --{'-'.join(str(p) for p in problem['loc']).replace('_', '-')}: {problem['msg']}",
-                file=sys.stderr,
-            )
-        return 2
-    if args.out is not None and (out_problem := _out_problem(args.out)):
-        print(f"error: --out {args.out}: {out_problem}", file=sys.stderr)
-        return 2  # before any rendering
-
-    async def run() -> int:
-        async with Noisett(settings) as service:
-            try:
-                source = sources.from_path(args.source) if args.source else None
-                job = await service.submit(request, source_image=source)
-            except NoisettError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            # Log lines go above the bar, not into it.
-            with logging_redirect_tqdm(), tqdm(total=job.total_steps, unit="step", file=sys.stderr) as bar:
-
-                async def report(done: float, total: float, message: str) -> None:
-                    bar.set_description(message)
-                    bar.update(int(done) - bar.n)
-
-                await service.wait(job, float("inf"), report)
-            if job.status != "done":
-                print(f"error: generation {job.status}: {job.error}", file=sys.stderr)
-                return 1
-            status = 0
-            for image_id in job.image_ids:
-                view = await service.view(image_id)
-                path = _file_path(view.info.url)
-                # Where it was saved comes first, so that it is printed even when the copy fails.
-                print(f"{path or view.info.url}  seed={view.info.seed} {view.info.width}x{view.info.height}")
-                if args.out and path:
-                    try:
-                        print(f"  copied to {shutil.copy2(path, args.out / path.name)}")
-                    except OSError as exc:
-                        print(f"error: could not copy it into --out {args.out}: {exc}", file=sys.stderr)
-                        status = 1
-            return status
-
-    return anyio.run(run)
-
-
-def _out_problem(folder: Path) -> str | None:
-    """Why images could not be copied into `folder` (made if missing), or None."""
-    if folder.exists() and not folder.is_dir():
-        return "is a file, not a folder"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot make that folder ({exc.strerror or exc})"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return "is not writable"
-    return None
-
-
-def _file_path(url: str | None) -> Path | None:
-    if url and url.startswith("file:"):
-        return Path(url2pathname(urlparse(url).path))
-    return None
 
 
 def _styles_check(args: argparse.Namespace, settings: Settings) -> int:
