@@ -5,8 +5,13 @@ stands, Ctrl-C that stops a stdio server on a terminal, and messages that name t
 from __future__ import annotations
 
 import importlib.util
+import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +199,61 @@ def test_a_typod_option_shows_the_usage_of_its_command(
     assert result.returncode == 2
     assert result.stderr.startswith(usage), result.stderr
     assert result.stderr.splitlines()[-1].endswith(f"error: unrecognized arguments: {unknown}")
+
+
+# --- Ctrl-C on a stdio server in a terminal ---
+def _read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
+    """What the terminal shows until `wanted` appears, the other end closes, or `timeout` passes."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:  # EIO: the server closed the terminal (it exited)
+                break
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX terminal")
+@pytest.mark.parametrize("preload", ["false", "true"])
+def test_the_first_ctrl_c_stops_a_stdio_server_on_a_terminal(settings: Settings, preload: str) -> None:
+    terminal, server_end = pty.openpty()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "noisett_mcp", "serve"],
+        env=child_env(settings, NOISETT_PRELOAD=preload),
+        stdin=server_end,
+        stdout=server_end,
+        stderr=server_end,
+        start_new_session=True,  # SIGINT goes to the server alone, as a terminal's Ctrl-C would
+    )
+    os.close(server_end)
+    try:
+        shown = _read_until(terminal, b"Ctrl-C stops it.", timeout=120)
+        [notice] = [line for line in shown.decode().splitlines() if "waiting for an MCP client" in line]
+        assert notice.startswith("noisett-mcp: serving MCP over stdio"), shown
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 128 + signal.SIGINT
+        shown += _read_until(terminal, b"\0", timeout=1)
+        assert b"Traceback" not in shown and b"KeyboardInterrupt" not in shown, shown.decode()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        os.close(terminal)
+
+
+def test_a_stdio_server_for_a_client_says_nothing_on_stderr_before_the_client_speaks(
+    settings: Settings,
+) -> None:
+    # A client's stdin is a pipe: no notice (clients show stderr to users as server logs).
+    result = subprocess.run(
+        [sys.executable, "-m", "noisett_mcp", "serve"],
+        env=child_env(settings, NOISETT_PRELOAD="false"),
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "waiting for an MCP client" not in result.stderr, result.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import anyio
 
 from noisett_mcp import __version__, telemetry
+from noisett_mcp.commands import INTERRUPTED, exit_now
 from noisett_mcp.commands.generate import generate
 from noisett_mcp.commands.preflight import has_nvidia_driver, render_problems
 from noisett_mcp.config import Settings
@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
     # Logs go to stderr (on stdio, stdout belongs to the MCP protocol), with secrets redacted.
     configure_logging(settings.log_level, settings.log_format)
-    sys.exit(args.run(args, settings) or 0)
+    try:
+        status = args.run(args, settings) or 0
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling starts: no traceback
+        print("interrupted", file=sys.stderr)
+        exit_now(INTERRUPTED)
+    sys.exit(status)
 
 
 def _fail(message: str) -> None:
@@ -171,19 +176,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     telemetry.setup(settings)  # Azure Monitor when its connection string is set; otherwise nothing
     service = Noisett(settings)
     if args.transport == "stdio":
-        from noisett_mcp.server import build_server
+        from noisett_mcp.commands.stdio import serve_stdio
 
-        async def run_stdio() -> None:
-            async with service:
-                await build_server(service, local_files=True).run_stdio_async()
-
-        anyio.run(run_stdio)
-        if service.runner is not None and service.runner.engine_state == "loading":
-            # The client closed stdin while the model loads, in a thread nothing can interrupt: exit now
-            # (clients restart servers often) instead of at the end of the load.
-            logging.shutdown()
-            sys.stdout.flush()
-            os._exit(0)
+        serve_stdio(service)
         return 0
 
     import uvicorn
