@@ -63,3 +63,23 @@ def test_npm_ci_once_installs_a_lockfile_once_and_again_only_when_it_changes(tmp
     (tmp_path / "package-lock.json").write_text(json.dumps(lock, indent=2))
     install()
     assert not left.exists() and (tmp_path / "node_modules" / "dep" / "package.json").exists()
+
+
+def test_the_benchmark_runner_has_help_and_refuses_a_name_it_does_not_have() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "benchmarks.run", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    shown = run("--help")
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: python -m benchmarks.run")
+    assert "batch" in shown.stdout and "###" not in shown.stdout  # it ran nothing
+    typo = run("batc")
+    assert typo.returncode == 2 and "###" not in typo.stdout
+    assert typo.stderr.splitlines()[-1].startswith(
+        "python -m benchmarks.run: error: no benchmark named batc; there are: batch, "
+    )
