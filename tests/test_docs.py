@@ -136,3 +136,38 @@ def test_every_docker_build_in_the_docs_uses_only_arguments_and_secrets_the_dock
             assert secrets <= declared_secrets, (
                 f"{where}: {command!r} passes secret {secrets - declared_secrets}"
             )
+
+
+def test_every_section_the_templates_point_to_exists() -> None:
+    # `README, "Microsoft Entra ID"` or `docs/deploy.md, "Choose a layout"` in a Bicep comment or description.
+    headings = {
+        "README": re.findall(r"^#+ (.+)$", README, flags=re.MULTILINE),
+        "docs/deploy.md": re.findall(r"^#+ (.+)$", (ROOT / "docs/deploy.md").read_text(), flags=re.MULTILINE),
+    }
+    pointers = [
+        (template.name, page, section)
+        for template in sorted((ROOT / "infra/bicep").rglob("*.bicep*"))
+        for page, section in re.findall(r"(README|docs/deploy\.md), \"([^\"]+)\"", template.read_text())
+    ]
+    assert len(pointers) >= 3, pointers
+    for template, page, section in pointers:
+        assert section in headings[page], f"{template} points to {page}, {section!r}: no such section"
+
+
+def test_the_readmes_first_paragraph_counts_and_names_every_tool(tmp_path: Path) -> None:
+    import anyio
+    from mcp import Client
+
+    from noisett_mcp.server import build_server
+    from noisett_mcp.service import Noisett
+
+    async def tool_names() -> list[str]:
+        service = Noisett(Settings(model="demo", data_dir=tmp_path, preload=False))
+        async with service, Client(build_server(service, local_files=True)) as client:
+            return [tool.name for tool in (await client.list_tools()).tools]
+
+    names = anyio.run(tool_names)
+    first = README.split("\n\n")[1]
+    words = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+    assert f"server with {words[len(names)]} tools" in first, first
+    assert all(f"`{name}`" in first for name in names), (names, first)
