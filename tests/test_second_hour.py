@@ -257,3 +257,25 @@ def test_a_stdio_server_for_a_client_says_nothing_on_stderr_before_the_client_sp
         timeout=120,
     )
     assert result.returncode == 0 and "waiting for an MCP client" not in result.stderr, result.stderr
+
+
+# --- the docs say what the CLI does ---
+def test_styles_check_on_the_demo_model_checks_the_built_in_styles_the_docs_promise(
+    settings: Settings,
+) -> None:
+    guide = (ROOT / "loras" / "README.md").read_text()
+    assert "`refused` or `other` (made for another model)" in guide and "`skipped`" not in guide
+    assert "styles check --model demo` checks them" in guide
+    result = subprocess.run(
+        [sys.executable, "-m", "noisett_mcp", "styles", "check", "--model", "demo", "--no-keys"],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("no styles folder yet: ")  # the user's folder: none yet
+    assert {line.split()[1] for line in lines[1:3]} == {"demo-flat.toml:", "demo-grain.toml:"}
+    assert all(line.startswith("ok ") for line in lines[1:3]), lines
+    assert "(built in, offered with the demo model) for demo: 2 ok" in lines[3]

@@ -14,6 +14,7 @@ from noisett_mcp import __version__, telemetry
 from noisett_mcp.commands import INTERRUPTED, exit_now
 from noisett_mcp.commands.generate import generate
 from noisett_mcp.commands.preflight import has_nvidia_driver, render_problems
+from noisett_mcp.commands.styles import styles_check
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import needs_azure_storage
 from noisett_mcp.schemas import ASPECT_RATIOS, MAX_PROMPT_CHARS
@@ -154,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip matching adapter keys against the model's transformer (that reads its weight names)",
     )
-    check.set_defaults(command_parser=check, run=_styles_check)
+    check.set_defaults(command_parser=check, run=styles_check)
     return parser
 
 
@@ -246,43 +247,6 @@ def _http_auth_problem(settings: Settings, insecure: bool) -> str | None:
         "Microsoft Entra ID section), serve on 127.0.0.1, or pass --insecure-no-auth if a gateway in front "
         "already authenticates callers."
     )
-
-
-def _styles_check(args: argparse.Namespace, settings: Settings) -> int:
-    from noisett_mcp.styles.check import check_folder
-
-    logging.getLogger("noisett_mcp.styles").setLevel(logging.ERROR)  # the report below says it all
-    folder = args.dir or settings.resolved_styles_dir
-    if args.dir is None and not folder.exists():  # a fresh install: nothing to check yet
-        print(
-            f"no styles folder yet: {folder} does not exist. Put a style's manifest (NAME.toml) and weights "
-            "(NAME.safetensors) there, or set NOISETT_STYLES_DIR, or check a folder: noisett-mcp styles "
-            "check DIR (the repository's loras/ has an example manifest; loras/README.md the format)"
-        )
-        return 0
-    if not folder.is_dir():
-        print(f"error: {folder} is not a folder of style manifests", file=sys.stderr)
-        return 2
-    try:
-        model_folder = None
-        if settings.is_demo and not args.no_keys:
-            from noisett_mcp.engine.demo import write_demo_model  # builds it once (torch)
-
-            model_folder = write_demo_model(settings.demo_model_dir)
-        results = check_folder(settings, folder, keys=not args.no_keys, model_folder=model_folder)
-    except Exception as exc:  # the model's weight names could not be read
-        print(f"error: cannot read the model's transformer ({exc}); try --no-keys", file=sys.stderr)
-        return 2
-    for result in results:
-        label = "other" if result.status == "skipped" else result.status
-        print(f"{label:8} {result.source.name}: {result.detail}")
-    counts = {status: sum(r.status == status for r in results) for status in ("ok", "warning", "refused")}
-    skipped = len(results) - sum(counts.values())
-    print(
-        f"{len(results)} manifest(s) in {folder} for {settings.model}: {counts['ok']} ok, "
-        f"{counts['warning']} with warnings, {counts['refused']} refused, {skipped} for other models"
-    )
-    return 1 if counts["refused"] else 0
 
 
 def _demo_model(args: argparse.Namespace, settings: Settings) -> int:
