@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> None:
             "set NOISETT_DEVICE=auto or cpu"
         )
     # A front (NOISETT_QUEUE=azure) leaves the model to its GPU workers.
-    if args.run is _worker or (args.run in (_serve, generate) and settings.queue == "local"):
-        for problem in render_problems(settings, model_flag=bool(overrides)):
-            print(f"error: {problem}", file=sys.stderr)
-            sys.exit(2)
+    renders_here = args.run is _worker or (args.run in (_serve, generate) and settings.queue == "local")
+    if renders_here and (problems := render_problems(settings, model_flag=bool(overrides))):
+        print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
+        sys.exit(2)
     # Logs go to stderr (on stdio, stdout belongs to the MCP protocol), with secrets redacted.
     configure_logging(settings.log_level, settings.log_format)
     try:
