@@ -104,7 +104,8 @@ def _bounds(field: str) -> tuple[object, object] | None:
 
 
 def _source_problem(args: argparse.Namespace) -> str | None:
-    """The source flags that contradict each other, or a --source that is not a file here."""
+    """The source flags that contradict each other, or a --source that is not a file here. A good
+    --source is made absolute in `args`: read from the user's folder, whatever runs it later."""
     if args.source and args.source_image_id:
         return "give one source image: --source FILE or --source-image-id ID, not both"
     if args.strength is not None and not (args.source or args.source_image_id):
