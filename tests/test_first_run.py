@@ -80,7 +80,7 @@ def test_out_and_steps_are_checked_before_rendering(settings: Settings, tmp_path
     for args, expected in [
         (["--out", str(a_file)], f"error: --out {a_file}: is a file, not a folder"),
         (["--out", "/proc/noisett"], "error: --out /proc/noisett: cannot make that folder"),
-        (["--steps", "0"], "error: --steps: Input should be greater than or equal to 1"),
+        (["--steps", "0"], "error: --steps 0: allowed 1 to 100"),
     ]:
         result = _cli(env, "generate", "a fox", *args, timeout=60)
         assert result.returncode == 2

@@ -12,7 +12,7 @@ param gpuProfile = readEnvironmentVariable('NOISETT_GPU_PROFILE', 'Consumption-G
 // Empty on the first run (the registry does not exist yet); then <registry>.azurecr.io/noisett-mcp:<sha>.
 param containerImage = readEnvironmentVariable('NOISETT_IMAGE', '')
 
-// single (one GPU app) | split (an always-on CPU front and GPU workers on a queue): docs/deploy.md
+// single (one GPU app) | split (an always-on CPU front and GPU workers on a queue): docs/deploy.md, "Choose a layout"
 param layout = readEnvironmentVariable('NOISETT_LAYOUT', 'single')
 
 // Split: queued jobs per GPU worker before another worker starts.
@@ -23,7 +23,7 @@ param maxQueue = int(readEnvironmentVariable('NOISETT_MAX_QUEUE', '8'))
 
 param model = readEnvironmentVariable('NOISETT_MODEL', 'HiDream-ai/HiDream-I1-Fast')
 
-// auto (nf4 on a T4, none on an A100) | none | nf4 | int8: docs/deploy.md, "Pick a GPU"
+// auto (nf4 on a T4, none on an A100) | none | nf4 | int8: docs/deploy.md, "Which GPU fits which model"
 param quantize = readEnvironmentVariable('NOISETT_QUANTIZE', 'auto')
 
 // auto (sequential on a T4, none on an A100) | none | model | sequential

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import ctypes.util
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import anyio
 
 from noisett_mcp import __version__, telemetry
+from noisett_mcp.commands import INTERRUPTED, exit_now
+from noisett_mcp.commands.generate import generate
+from noisett_mcp.commands.preflight import has_nvidia_driver, render_problems
+from noisett_mcp.commands.styles import styles_check
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import needs_azure_storage
 from noisett_mcp.schemas import ASPECT_RATIOS, MAX_PROMPT_CHARS
@@ -26,21 +25,33 @@ log = logging.getLogger("noisett_mcp")
 
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # a typo'd option: show the usage of the command it was given to
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         sys.exit(2)
     overrides = {"model": args.model} if getattr(args, "model", None) else {}
     settings = _settings(overrides)
-    if settings.device.startswith("cuda") and ctypes.util.find_library("cuda") is None:
+    if settings.device.startswith("cuda") and not has_nvidia_driver():
         # Cheap, before torch: no NVIDIA driver library at all (the engine checks torch's view too).
         _fail(
             f"NOISETT_DEVICE={settings.device}, but this machine has no NVIDIA driver (libcuda): "
             "set NOISETT_DEVICE=auto or cpu"
         )
+    # A front (NOISETT_QUEUE=azure) leaves the model to its GPU workers.
+    renders_here = args.run is _worker or (args.run in (_serve, generate) and settings.queue == "local")
+    if renders_here and (problems := render_problems(settings, model_flag=bool(overrides))):
+        print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
+        sys.exit(2)
     # Logs go to stderr (on stdio, stdout belongs to the MCP protocol), with secrets redacted.
     configure_logging(settings.log_level, settings.log_format)
-    sys.exit(args.run(args, settings) or 0)
+    try:
+        status = args.run(args, settings) or 0
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling starts: no traceback
+        print("interrupted", file=sys.stderr)
+        exit_now(INTERRUPTED)
+    sys.exit(status)
 
 
 def _fail(message: str) -> None:
@@ -84,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve HTTP beyond this machine without Entra auth (only behind a gateway that authenticates)",
     )
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(command_parser=serve, run=_serve)
 
     worker = commands.add_parser(
         "worker",
@@ -96,14 +107,16 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--health-port", type=int, help="port of the worker's /healthz (default: NOISETT_WORKER_HEALTH_PORT)"
     )
-    worker.set_defaults(run=_worker)
+    worker.set_defaults(command_parser=worker, run=_worker)
 
     gen = commands.add_parser(
         "generate",
         help="make images from the shell",
         description="Make images from the shell, with a progress bar; prints where each image went.",
     )
-    gen.add_argument("prompt", help=f"what the image shows (1 to {MAX_PROMPT_CHARS} characters)")
+    gen.add_argument(
+        "prompt", metavar="PROMPT", help=f"what the image shows (1 to {MAX_PROMPT_CHARS} characters)"
+    )
     gen.add_argument("--negative-prompt", default="", help="what the image must not show")
     gen.add_argument("--style", default="none", help="a brand style (see list_styles); default: none")
     gen.add_argument("--style-strength", type=float, help="0 to 2; default: the style's own strength")
@@ -118,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--strength", type=float, help="with a source: 0 keeps it, 1 ignores it; default 0.6")
     gen.add_argument("--out", type=Path, help="also copy the images into this folder")
     gen.add_argument("--model", help="override NOISETT_MODEL (`demo` for the tiny offline model)")
-    gen.set_defaults(run=_generate)
+    gen.set_defaults(command_parser=gen, run=generate)
 
     demo = commands.add_parser(
         "demo-model",
@@ -126,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Write the tiny random-weight HiDream pipeline (used by NOISETT_MODEL=demo) to DIR.",
     )
     demo.add_argument("dir", type=Path)
-    demo.set_defaults(run=_demo_model)
+    demo.set_defaults(command_parser=demo, run=_demo_model)
 
     styles = commands.add_parser("styles", help="work with brand styles", description="Brand styles.")
     check = styles.add_subparsers(title="commands", metavar="COMMAND").add_parser(
@@ -142,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip matching adapter keys against the model's transformer (that reads its weight names)",
     )
-    check.set_defaults(run=_styles_check)
+    check.set_defaults(command_parser=check, run=styles_check)
     return parser
 
 
@@ -164,19 +177,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     telemetry.setup(settings)  # Azure Monitor when its connection string is set; otherwise nothing
     service = Noisett(settings)
     if args.transport == "stdio":
-        from noisett_mcp.server import build_server
+        from noisett_mcp.commands.stdio import serve_stdio
 
-        async def run_stdio() -> None:
-            async with service:
-                await build_server(service, local_files=True).run_stdio_async()
-
-        anyio.run(run_stdio)
-        if service.runner is not None and service.runner.engine_state == "loading":
-            # The client closed stdin while the model loads, in a thread nothing can interrupt: exit now
-            # (clients restart servers often) instead of at the end of the load.
-            logging.shutdown()
-            sys.stdout.flush()
-            os._exit(0)
+        serve_stdio(service)
         return 0
 
     import uvicorn
@@ -244,121 +247,6 @@ def _http_auth_problem(settings: Settings, insecure: bool) -> str | None:
         "Microsoft Entra ID section), serve on 127.0.0.1, or pass --insecure-no-auth if a gateway in front "
         "already authenticates callers."
     )
-
-
-def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    from pydantic import ValidationError
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from noisett_mcp import sources
-    from noisett_mcp.errors import NoisettError
-    from noisett_mcp.schemas import GenerationRequest
-    from noisett_mcp.service import Noisett
-
-    try:
-        request = GenerationRequest(**{name: getattr(args, name) for name in GenerationRequest.model_fields})
-    except ValidationError as exc:
-        for problem in exc.errors(include_url=False):
-            print(
-                f"error: --{'-'.join(str(p) for p in problem['loc']).replace('_', '-')}: {problem['msg']}",
-                file=sys.stderr,
-            )
-        return 2
-    if args.out is not None and (out_problem := _out_problem(args.out)):
-        print(f"error: --out {args.out}: {out_problem}", file=sys.stderr)
-        return 2  # before any rendering
-
-    async def run() -> int:
-        async with Noisett(settings) as service:
-            try:
-                source = sources.from_path(args.source) if args.source else None
-                job = await service.submit(request, source_image=source)
-            except NoisettError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            # Log lines go above the bar, not into it.
-            with logging_redirect_tqdm(), tqdm(total=job.total_steps, unit="step", file=sys.stderr) as bar:
-
-                async def report(done: float, total: float, message: str) -> None:
-                    bar.set_description(message)
-                    bar.update(int(done) - bar.n)
-
-                await service.wait(job, float("inf"), report)
-            if job.status != "done":
-                print(f"error: generation {job.status}: {job.error}", file=sys.stderr)
-                return 1
-            status = 0
-            for image_id in job.image_ids:
-                view = await service.view(image_id)
-                path = _file_path(view.info.url)
-                # Where it was saved comes first, so that it is printed even when the copy fails.
-                print(f"{path or view.info.url}  seed={view.info.seed} {view.info.width}x{view.info.height}")
-                if args.out and path:
-                    try:
-                        print(f"  copied to {shutil.copy2(path, args.out / path.name)}")
-                    except OSError as exc:
-                        print(f"error: could not copy it into --out {args.out}: {exc}", file=sys.stderr)
-                        status = 1
-            return status
-
-    return anyio.run(run)
-
-
-def _out_problem(folder: Path) -> str | None:
-    """Why images could not be copied into `folder` (made if missing), or None."""
-    if folder.exists() and not folder.is_dir():
-        return "is a file, not a folder"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot make that folder ({exc.strerror or exc})"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return "is not writable"
-    return None
-
-
-def _file_path(url: str | None) -> Path | None:
-    if url and url.startswith("file:"):
-        return Path(url2pathname(urlparse(url).path))
-    return None
-
-
-def _styles_check(args: argparse.Namespace, settings: Settings) -> int:
-    from noisett_mcp.styles.check import check_folder
-
-    logging.getLogger("noisett_mcp.styles").setLevel(logging.ERROR)  # the report below says it all
-    folder = args.dir or settings.resolved_styles_dir
-    if args.dir is None and not folder.exists():  # a fresh install: nothing to check yet
-        print(
-            f"no styles folder yet: {folder} does not exist. Put a style's manifest (NAME.toml) and weights "
-            "(NAME.safetensors) there, or set NOISETT_STYLES_DIR, or check a folder: noisett-mcp styles "
-            "check DIR (the repository's loras/ has an example manifest; loras/README.md the format)"
-        )
-        return 0
-    if not folder.is_dir():
-        print(f"error: {folder} is not a folder of style manifests", file=sys.stderr)
-        return 2
-    try:
-        model_folder = None
-        if settings.is_demo and not args.no_keys:
-            from noisett_mcp.engine.demo import write_demo_model  # builds it once (torch)
-
-            model_folder = write_demo_model(settings.demo_model_dir)
-        results = check_folder(settings, folder, keys=not args.no_keys, model_folder=model_folder)
-    except Exception as exc:  # the model's weight names could not be read
-        print(f"error: cannot read the model's transformer ({exc}); try --no-keys", file=sys.stderr)
-        return 2
-    for result in results:
-        label = "other" if result.status == "skipped" else result.status
-        print(f"{label:8} {result.source.name}: {result.detail}")
-    counts = {status: sum(r.status == status for r in results) for status in ("ok", "warning", "refused")}
-    skipped = len(results) - sum(counts.values())
-    print(
-        f"{len(results)} manifest(s) in {folder} for {settings.model}: {counts['ok']} ok, "
-        f"{counts['warning']} with warnings, {counts['refused']} refused, {skipped} for other models"
-    )
-    return 1 if counts["refused"] else 0
 
 
 def _demo_model(args: argparse.Namespace, settings: Settings) -> int:

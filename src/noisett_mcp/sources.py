@@ -70,14 +70,18 @@ def from_base64(text: str) -> bytes:
         ) from exc
 
 
-def from_path(text: str) -> bytes:
-    """The bytes of a local source file (stdio only: the server runs as the user there)."""
+def from_path(text: str, what: str = "source_path") -> bytes:
+    """The bytes of a local source file (stdio only: the server runs as the user there), named `what`
+    in messages (the CLI's --source)."""
     path = Path(text).expanduser()
     if not path.is_file():
-        raise RequestError(f"source_path {text!r} is not a file on this computer: give the full path")
+        # A relative path is read from the server's folder, which is seldom the client's.
+        raise RequestError(
+            f"{what} {text!r} is not a file on this computer (tried {path.absolute()}): give the full path"
+        )
     size = path.stat().st_size
     if size > MAX_SOURCE_BYTES:
-        raise RequestError(_too_big("source_path", size))
+        raise RequestError(_too_big(what, size))
     return path.read_bytes()
 
 

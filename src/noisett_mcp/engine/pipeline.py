@@ -113,6 +113,12 @@ class Engine:
         the same setup on it: the first-light benchmark's full-size random-weight pipeline does."""
         self.config = config
         self.device = _device(config.device)
+        if config.quantize != "none" and not self.device.startswith("cuda"):
+            # The CLI refuses this at start where it can see it; torch's own view can differ (no CUDA build).
+            raise ModelUnavailable(
+                f"NOISETT_QUANTIZE={config.quantize} quantizes with bitsandbytes on a CUDA GPU, and torch "
+                f"runs on {self.device} here: set NOISETT_QUANTIZE=none"
+            )
         self.dtype = engine_dtype(self.device)
         if pipe is None:
             check_reachable(config, self.device)
