@@ -1,4 +1,4 @@
-"""Command line: `noisett-mcp serve | worker | generate | demo-model | styles`."""
+"""Command line: `noisett-mcp serve | worker | generate | demo-model | styles check | styles train`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from urllib.request import url2pathname
 import anyio
 
 from noisett_mcp import __version__, telemetry
+from noisett_mcp.commands.train import add_train_command
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import needs_azure_storage
 from noisett_mcp.schemas import ASPECT_RATIOS, MAX_PROMPT_CHARS
@@ -129,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo_model)
 
     styles = commands.add_parser("styles", help="work with brand styles", description="Brand styles.")
-    check = styles.add_subparsers(title="commands", metavar="COMMAND").add_parser(
+    styles_commands = styles.add_subparsers(title="commands", metavar="COMMAND")
+    check = styles_commands.add_parser(
         "check",
         help="validate style manifests and weights",
         description="Validate every style manifest in DIR and its weights, as the server would, before "
@@ -143,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         help="skip matching adapter keys against the model's transformer (that reads its weight names)",
     )
     check.set_defaults(run=_styles_check)
+    add_train_command(styles_commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Command modules of `noisett-mcp`: each registers its subcommand in cli.py with a few lines."""
