@@ -3,7 +3,8 @@
 The recipe is diffusers' (examples/dreambooth/train_dreambooth_lora_hidream.py), in our own words:
 - flow matching: x_t = (1 − σ)·x0 + σ·ε, and the transformer learns the velocity ε − x0. HiDream's
   transformer outputs its negative (the pipeline flips the sign before the scheduler step), so we do too;
-- σ from a logit-normal draw, shifted by 3 towards noise as HiDream's schedule is (SD3's recipe);
+- σ from a logit-normal draw, shifted towards noise by the shift of the model's own scheduler (3 where
+  it names none, as diffusers' script uses), SD3's recipe;
 - the text embeddings of every caption are computed once, the text encoders freed before the transformer
   loads, and each picture's latent distribution is cached once (a fresh sample of it each step);
 - a peft LoRA on the attention projections (`to_q`, `to_k`, `to_v`, `to_out`), the targets and key format
@@ -51,7 +52,7 @@ from noisett_mcp.styles.training import TrainingConfig, TrainingRefused, memory_
 log = logging.getLogger(__name__)
 
 ADAPTER = "noisett_train"
-SHIFT = 3.0
+DEFAULT_SHIFT = 3.0
 CHECKPOINT = "checkpoint"
 
 
@@ -113,6 +114,7 @@ def train_style(
     note(f"caching the latents of {len(config.images)} pictures at about {side}² (aspect-ratio buckets)")
     latents = train_data.encode_images(vae, config.images, side, factor * 2)
     transformer = _load_transformer(settings, source, device, dtype, config.quantize == "nf4")
+    torch.manual_seed(config.seed)  # peft draws the adapter's initial A matrices from torch's global RNG
     add_lora(transformer, config.rank)
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-4)
@@ -124,7 +126,8 @@ def train_style(
     sampler = Sampler(settings, source, vae, transformer, embeds, config, side, device, dtype)
     if start == 0 and config.sample_every:
         sampler.sample(0)  # the untrained base: the contact sheet's first row
-    run = _Run(config, transformer, optimizer, latents, embeds, vae, device, dtype, losses)
+    shift = train_data.schedule_shift(settings, source, DEFAULT_SHIFT)
+    run = _Run(config, transformer, optimizer, latents, embeds, vae, shift, device, dtype, losses)
     on_start(start, config.steps)
     with _ctrl_c() as stop_requested:
         for step in range(start + 1, config.steps + 1):
@@ -209,6 +212,7 @@ class _Run:
     latents: list[train_data.CachedLatents]
     embeds: dict[str, train_data.PromptEmbeds]
     vae: object
+    shift: float
     device: str
     dtype: torch.dtype
     losses: list[float]
@@ -227,7 +231,9 @@ class _Run:
         sample = cached.mean.cpu() + cached.std.cpu() * torch.randn(cached.mean.shape, generator=generator)
         x0 = (sample - vae_config.shift_factor) * vae_config.scaling_factor
         embeds = self.embeds[caption].to(self.device, self.dtype)
-        loss = flow_matching_loss(self.transformer, x0, embeds, generator, self.device, self.dtype)
+        loss = flow_matching_loss(
+            self.transformer, x0, embeds, generator, self.device, self.dtype, self.shift
+        )
         value = optimize(self.transformer, self.optimizer, loss)
         self.losses.append(value)
         return value
@@ -240,11 +246,12 @@ def flow_matching_loss(
     generator: torch.Generator,
     device: str,
     dtype: torch.dtype,
+    shift: float = DEFAULT_SHIFT,
 ) -> torch.Tensor:
     """The loss of one picture's normalised latents `x0` at a σ drawn from `generator`."""
     noise = torch.randn(x0.shape, generator=generator)
     u = torch.sigmoid(torch.randn((1,), generator=generator))  # logit-normal
-    sigma = SHIFT * u / (1 + (SHIFT - 1) * u)
+    sigma = shift * u / (1 + (shift - 1) * u)
     noisy = (1 - sigma) * x0 + sigma * noise
     output = transformer(
         hidden_states=noisy.to(device, dtype),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from diffusers import AutoencoderKL, HiDreamImagePipeline
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline
 from PIL import Image, ImageOps
 
 from noisett_mcp.config import Settings
@@ -103,6 +103,14 @@ def _llama(settings: Settings, dtype: torch.dtype, nf4: bool) -> dict[str, objec
         local_files_only=local, **extra,
     )  # fmt: skip
     return {"tokenizer_4": tokenizer, "text_encoder_4": encoder}
+
+
+def schedule_shift(settings: Settings, source: str, default: float) -> float:
+    """The σ shift of the model's own scheduler (`shift`, or UniPC's `flow_shift`)."""
+    config = FlowMatchEulerDiscreteScheduler.load_config(
+        source, subfolder="scheduler", cache_dir=str(settings.resolved_model_cache_dir)
+    )
+    return float(config.get("shift") or config.get("flow_shift") or default)
 
 
 def load_vae(settings: Settings, source: str, device: str, dtype: torch.dtype) -> AutoencoderKL:
