@@ -6,7 +6,7 @@ The recipe is diffusers' (examples/dreambooth/train_dreambooth_lora_hidream.py),
 - σ from a logit-normal draw, shifted towards noise by the shift of the model's own scheduler (3 where
   it names none, as diffusers' script uses), SD3's recipe;
 - the text embeddings of every caption are computed once, the text encoders freed before the transformer
-  loads, and each picture's latent distribution is cached once (a fresh sample of it each step);
+  loads, and each picture's latents are cached once (see train_data.CachedLatents for why the mode);
 - a peft LoRA on the attention projections (`to_q`, `to_k`, `to_v`, `to_out`), the targets and key format
   the catalog and engine/adapters.py load; gradient checkpointing; bf16 on a GPU, fp32 on a CPU; an NF4
   base (QLoRA) on a GPU.
@@ -16,7 +16,7 @@ runs the routed experts of each MoE layer under `no_grad`, so the loss reaches e
 the shared experts and the residual. We train in the model's training mode, whose MoE path carries the
 gradient through every expert, and compare its output in the patch layout that mode returns.
 
-All randomness of step k (which picture, the latent sample, σ, the noise) comes from (seed, k): a run
+All randomness of step k (which picture, σ, the noise) comes from (seed, k): a run
 resumed from a checkpoint takes exactly the steps the uninterrupted run would have.
 """
 
@@ -127,7 +127,7 @@ def train_style(
     if start == 0 and config.sample_every:
         sampler.sample(0)  # the untrained base: the contact sheet's first row
     shift = train_data.schedule_shift(settings, source, DEFAULT_SHIFT)
-    run = _Run(config, transformer, optimizer, latents, embeds, vae, shift, device, dtype, losses)
+    run = _Run(config, transformer, optimizer, latents, embeds, shift, device, dtype, losses)
     on_start(start, config.steps)
     with _ctrl_c() as stop_requested:
         for step in range(start + 1, config.steps + 1):
@@ -211,7 +211,6 @@ class _Run:
     optimizer: torch.optim.Optimizer
     latents: list[train_data.CachedLatents]
     embeds: dict[str, train_data.PromptEmbeds]
-    vae: object
     shift: float
     device: str
     dtype: torch.dtype
@@ -225,11 +224,8 @@ class _Run:
 
     def step(self, step: int) -> float:
         index = self.picture(step)
-        cached, caption = self.latents[index], self.config.images[index].caption
+        x0, caption = self.latents[index].latents, self.config.images[index].caption
         generator = step_generator(self.config.seed, step)
-        vae_config = self.vae.config  # type: ignore[attr-defined]
-        sample = cached.mean.cpu() + cached.std.cpu() * torch.randn(cached.mean.shape, generator=generator)
-        x0 = (sample - vae_config.shift_factor) * vae_config.scaling_factor
         embeds = self.embeds[caption].to(self.device, self.dtype)
         loss = flow_matching_loss(
             self.transformer, x0, embeds, generator, self.device, self.dtype, self.shift

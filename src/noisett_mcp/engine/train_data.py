@@ -1,6 +1,6 @@
 """What `styles train` computes once, before the transformer loads: the prompt embeddings of every caption
-and sample prompt (then the four text encoders leave the device), and each picture's latent
-distribution at its aspect-ratio bucket (the VAE stays, small, to decode samples).
+and sample prompt (then the four text encoders leave the device), and each picture's latents at its
+aspect-ratio bucket (the VAE stays, small, to decode samples).
 
 Each stage loads only the components it needs from the model folder or hub id, so the text encoders and
 the transformer are never on the device together.
@@ -41,10 +41,13 @@ class PromptEmbeds:
 
 @dataclass(frozen=True)
 class CachedLatents:
-    """A picture's VAE latent distribution (mean and std, unnormalised), sampled afresh each step."""
+    """A picture's latents, normalised as the pipeline de-normalises them before its VAE decode.
 
-    mean: torch.Tensor  # (1, channels, h, w)
-    std: torch.Tensor
+    The distribution's mode, as image-to-image encodes a source, not a fresh sample each step as
+    diffusers' script draws: HiDream's trained VAE has a posterior std near 0.01, where the two agree,
+    but a random VAE (the demo model's) has one near 1, where samples would bury the picture in noise."""
+
+    latents: torch.Tensor  # (1, channels, h, w), on the CPU
     size: tuple[int, int]  # the bucket's width × height in pixels
 
 
@@ -127,6 +130,7 @@ def encode_images(
     vae: AutoencoderKL, images: list[TrainingImage], side: int, multiple: int
 ) -> list[CachedLatents]:
     """Each picture fitted to its bucket (scaled to cover it, centre-cropped) and encoded once."""
+
     cached = []
     for image in images:
         size = bucket_for(image.width, image.height, side, multiple)
@@ -134,8 +138,9 @@ def encode_images(
             upright = ImageOps.exif_transpose(opened).convert("RGB")
         fitted = ImageOps.fit(upright, size, Image.Resampling.LANCZOS)
         pixels = torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-        dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
-        cached.append(CachedLatents(dist.mean.float(), dist.std.float(), size))
+        mode = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
+        normalised = (mode.float() - vae.config.shift_factor) * vae.config.scaling_factor
+        cached.append(CachedLatents(normalised.cpu(), size))
     return cached
 
 
