@@ -60,13 +60,20 @@ def add_train_command(styles: argparse._SubParsersAction) -> None:
     train.add_argument("--title", help="a short human name (default: from --name)")
     train.add_argument("--description", help="what it looks like and when to use it, for the assistant")
     train.add_argument("--trigger", help="words that call up the style (default: 'in NAME style')")
-    train.add_argument("--steps", type=_bounded(int, 1, 100_000, "1 to 100000"), default=1000)
-    train.add_argument("--rank", type=_bounded(int, 1, 256, "1 to 256"), default=16, help="LoRA rank")
     train.add_argument(
-        "--learning-rate", type=_bounded(float, 1e-7, 1.0, "above 0, up to 1"), default=1e-4, help="AdamW"
+        "--steps", type=_bounded(int, 1, 100_000, "1 to 100000"), default=1000, help="default: 1000"
     )
+    train.add_argument(
+        "--rank", type=_bounded(int, 1, 256, "1 to 256"), default=16, help="LoRA rank; default: 16"
+    )
+    train.add_argument(
+        "--learning-rate", type=_bounded(float, 1e-7, 1.0, "above 0, up to 1"), default=1e-4,
+        help="AdamW's rate; default: 1e-4",
+    )  # fmt: skip
     train.add_argument("--resolution", type=int, help="pixels a side (default: the model's, 1024)")
-    train.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1, "0 to 2**32-1"), default=0)
+    train.add_argument(
+        "--seed", type=_bounded(int, 0, 2**32 - 1, "0 to 2**32-1"), default=0, help="default: 0"
+    )
     train.add_argument("--variant", choices=["full", "dev", "fast"], help="default: NOISETT_VARIANT")
     train.add_argument(
         "--quantize", choices=["none", "nf4"], default="none", help="nf4: a 4-bit base (QLoRA), GPU only"
@@ -76,8 +83,9 @@ def add_train_command(styles: argparse._SubParsersAction) -> None:
         help="render the sample prompts every N steps (and before and after training); 0: never",
     )  # fmt: skip
     train.add_argument(
-        "--checkpoint-every", type=_bounded(int, 0, 100_000, "0 (at the end only) or more"), default=250
-    )
+        "--checkpoint-every", type=_bounded(int, 0, 100_000, "0 (at the end only) or more"), default=250,
+        help="save the adapter and optimiser state every N steps; default: 250",
+    )  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue the checkpoint of an unfinished run")
     train.add_argument("--upload", action="store_true", help="put the style in Blob's styles container")
     train.add_argument("--model", help="the base model (default: NOISETT_MODEL; `demo` for the tiny one)")
