@@ -126,14 +126,28 @@ async def _image(client: Client, **arguments: Any) -> np.ndarray:
         return np.asarray(image.convert("RGB"), np.float64)
 
 
+async def _style_names(client: Client) -> list[str]:
+    listing = (await client.call_tool("list_styles", {})).structured_content["styles"]
+    return [style["name"] for style in listing]
+
+
 @pytest.mark.anyio
-async def test_the_trained_style_is_listed_over_mcp_and_renders_closer_to_the_pictures(
-    trained: tuple[Path, Path], model_cache: Path
+async def test_the_trained_style_is_listed_over_mcp_without_a_restart_and_renders_closer_to_the_pictures(
+    trained: tuple[Path, Path], model_cache: Path, tmp_path: Path
 ) -> None:
+    from noisett_mcp.commands.train import _publish
+
     data, pictures = trained
-    settings = Settings(model="demo", data_dir=data, model_cache_dir=model_cache, preload=False)
+    live = tmp_path / "styles"
+    settings = Settings(
+        model="demo", data_dir=data, styles_dir=live, model_cache_dir=model_cache, preload=False
+    )
     source = base64.b64encode((pictures / "picture-0.png").read_bytes()).decode()
     async with Noisett(settings) as service, Client(build_server(service)) as client:
+        assert "orange" not in await _style_names(client)
+        # What the CLI's last step does, into the folder of a server that is already serving.
+        _publish(settings, False, data / "training" / "orange" / "style", "orange")
+        assert "orange" in await _style_names(client)
         listing = (await client.call_tool("list_styles", {})).structured_content["styles"]
         orange = next(style for style in listing if style["name"] == "orange")
         assert orange["trigger_words"] == ["in orange style"] and orange["preview"]

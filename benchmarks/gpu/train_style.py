@@ -101,6 +101,7 @@ class TrainBench:
                 continue
             if section == "nf4" and self.device == "cpu":
                 self.results["sections"]["nf4"] = {"skipped": "GPU only (bitsandbytes NF4 training)"}
+                self._write()
                 continue
             try:
                 if section == "nf4":
