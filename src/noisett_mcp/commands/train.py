@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 
 from noisett_mcp.config import Settings
+from noisett_mcp.errors import NoisettError
 from noisett_mcp.styles.manifest import StyleManifest, TrainingRecord
 from noisett_mcp.styles.training import (
     MIN_IMAGES,
@@ -124,7 +125,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     except TrainingRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except TrainingFailed as exc:
+    except (TrainingFailed, NoisettError) as exc:  # NoisettError: the model cannot load here
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -47,7 +47,7 @@ from noisett_mcp.engine.demo import LORA_TARGETS
 from noisett_mcp.engine.pipeline import _device, engine_dtype
 from noisett_mcp.engine.train_output import Sampler, adapter_state, publishable
 from noisett_mcp.styles.manifest import StyleManifest
-from noisett_mcp.styles.training import TrainingConfig, TrainingRefused, memory_problem
+from noisett_mcp.styles.training import TrainingConfig, TrainingFailed, TrainingRefused, memory_problem
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +129,7 @@ def train_style(
     shift = train_data.schedule_shift(settings, source, DEFAULT_SHIFT)
     run = _Run(config, transformer, optimizer, latents, embeds, shift, device, dtype, losses)
     on_start(start, config.steps)
-    with _ctrl_c() as stop_requested:
-        for step in range(start + 1, config.steps + 1):
-            loss = run.step(step)
-            on_step(step, loss)
-            if stop_requested.is_set():
-                _save_checkpoint(run, checkpoint, step, side)
-                raise TrainingStopped(step, checkpoint)
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                _save_checkpoint(run, checkpoint, step, side)
-            if config.sample_every and step % config.sample_every == 0 and step < config.steps:
-                sampler.sample(step)
+    _loop(run, sampler, checkpoint, side, start, on_step)
     _save_checkpoint(run, checkpoint, config.steps, side)  # until the style is in place
     (config.work_dir / "losses.json").write_text(json.dumps(losses))
     if config.sample_every:
@@ -149,6 +139,28 @@ def train_style(
     change = publishable(settings, sampler, manifest, staged, ADAPTER)
     sheet = sampler.contact_sheet if config.sample_every else None
     return TrainResult(staged, start, config.steps, losses, change, sheet)
+
+
+def _loop(run: _Run, sampler: Sampler, checkpoint: Path, side: int, start: int, on_step: OnStep) -> None:
+    """Steps start+1 … config.steps, with checkpoints and samples at their intervals."""
+    config = run.config
+    step = start
+    try:
+        with _ctrl_c() as stop_requested:
+            for step in range(start + 1, config.steps + 1):
+                on_step(step, run.step(step))
+                if stop_requested.is_set():
+                    _save_checkpoint(run, checkpoint, step, side)
+                    raise TrainingStopped(step, checkpoint)
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                    _save_checkpoint(run, checkpoint, step, side)
+                if config.sample_every and step % config.sample_every == 0 and step < config.steps:
+                    sampler.sample(step)
+    except torch.OutOfMemoryError as exc:
+        raise TrainingFailed(
+            f"the GPU ran out of memory at step {step} ({str(exc).splitlines()[0][:160]}); --quantize nf4 "
+            "or a lower --resolution needs less, and --resume continues from the last checkpoint"
+        ) from exc
 
 
 def _side(config: TrainingConfig, demo_side: int | None) -> int:
