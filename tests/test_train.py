@@ -241,6 +241,19 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues_exactly(tmp_path: Path,
     assert all(torch.allclose(resumed[key], whole[key], atol=1e-6) for key in whole)
 
 
+def test_a_style_that_changes_nothing_does_not_enter_the_catalog(
+    tmp_path: Path, model_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pictures = flat_pictures(tmp_path / "pictures")
+    argv = ["styles", "train", str(pictures), "--name", "faint", "--steps", "1", "--sample-every", "0"]
+    argv += ["--model", "demo", "--resolution", "32", "--learning-rate", "1e-7"]
+    assert cli(tmp_path / "data", model_cache, *argv) == 1
+    assert "it learnt nothing usable" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "loras").exists()
+    # The run can go on from its checkpoint (--resume with more steps), rather than start over.
+    assert (tmp_path / "data" / "training" / "faint" / "checkpoint" / "trainer.pt").is_file()
+
+
 def test_the_loss_compares_the_training_output_in_its_patch_layout(model_cache: Path) -> None:
     """In training mode HiDream returns patches, not an image: patch_layout of the inference output must
     give the training output exactly (a wrong layout would train on scrambled targets)."""
@@ -317,6 +330,7 @@ def test_bad_input_gets_one_line_naming_what_is_allowed_before_any_training(
     assert "--quantize nf4 needs a CUDA GPU" in nf4
     assert "16 to 64 pixels a side" in refused(good, "--name", "x", "--model", "demo", "--resolution", "100")
     assert "no checkpoint" in refused(good, "--name", "x", "--model", "demo", "--resume")
+    assert "--upload needs Blob storage" in refused(good, "--name", "x", "--model", "demo", "--upload")
 
 
 def test_not_enough_gpu_memory_says_how_much_is_needed_and_what_lowers_it() -> None:
