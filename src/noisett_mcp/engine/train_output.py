@@ -152,7 +152,10 @@ def publishable(
     rank = manifest.training.rank
     HiDreamImagePipeline.save_lora_weights(
         staged,
-        transformer_lora_layers=adapter_state(transformer, adapter),
+        # In the engine's dtype (bf16 on a GPU: half the file of peft's fp32 training copy).
+        transformer_lora_layers={
+            key: tensor.to(sampler.dtype) for key, tensor in adapter_state(transformer, adapter).items()
+        },
         # The fields peft needs, no more: diffusers passes them to LoraConfig(**metadata).
         transformer_lora_adapter_metadata={
             "r": rank,
