@@ -1,4 +1,4 @@
-"""Command line: `noisett-mcp serve | worker | generate | demo-model | styles`."""
+"""Command line: `noisett-mcp serve | worker | generate | demo-model | styles check | styles train`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from noisett_mcp.commands import INTERRUPTED, exit_now
 from noisett_mcp.commands.generate import generate
 from noisett_mcp.commands.preflight import has_nvidia_driver, render_problems
 from noisett_mcp.commands.styles import styles_check
+from noisett_mcp.commands.train import add_train_command
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import needs_azure_storage
 from noisett_mcp.schemas import ASPECT_RATIOS, MAX_PROMPT_CHARS
@@ -142,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(command_parser=demo, run=_demo_model)
 
     styles = commands.add_parser("styles", help="work with brand styles", description="Brand styles.")
-    check = styles.add_subparsers(title="commands", metavar="COMMAND").add_parser(
+    styles_commands = styles.add_subparsers(title="commands", metavar="COMMAND")
+    check = styles_commands.add_parser(
         "check",
         help="validate style manifests and weights",
         description="Validate every style manifest in DIR and its weights, as the server would, before "
@@ -156,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
         help="skip matching adapter keys against the model's transformer (that reads its weight names)",
     )
     check.set_defaults(command_parser=check, run=styles_check)
+    add_train_command(styles_commands)
     return parser
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,9 +29,26 @@ MAX_STRENGTH = 2.0
 DEMO_STYLES_DIR = Path(__file__).parent.parent / "demo_styles"
 
 _SLUG = r"^[a-z0-9](?:[a-z0-9-]{0,46}[a-z0-9])?$"
+SLUG_PATTERN = re.compile(_SLUG)  # a style's name: also checked by `styles train` before it starts
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Where a LoRA tensor name ends and its module path begins: `<module>.lora_A.weight`, `<module>.alpha`…
 _LORA_PARTS = re.compile(r"\.(?:lora_(?:A|B|down|up|magnitude_vector)|alpha|dora_scale)(?:\.|$)")
+
+
+class TrainingRecord(BaseModel):
+    """How `noisett-mcp styles train` made the adapter: the `[training]` table of its manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_model: str = Field(min_length=1, description="The model the adapter was trained on.")
+    variant: Literal["full", "dev", "fast"] = Field(description="The HiDream-I1 variant trained on.")
+    rank: int = Field(ge=1, le=512)
+    steps: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    resolution: int = Field(ge=8, description="The side of the square size the pictures were bucketed to.")
+    seed: int = Field(ge=0)
+    images: int = Field(ge=1, description="How many training pictures.")
+    image_sha256: list[str] = Field(description="The sha256 of each training picture, sorted.")
 
 
 class StyleManifest(BaseModel):
@@ -59,6 +77,7 @@ class StyleManifest(BaseModel):
     steps: int | None = Field(None, ge=1, le=100)
     guidance: float | None = Field(None, ge=0, le=20)
     preview: str | None = Field(None, description="An image next to the manifest, or an https URL.")
+    training: TrainingRecord | None = Field(None, description="Written by `styles train`.")
 
     @field_validator("name")
     @classmethod
