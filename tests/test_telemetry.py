@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from noisett_mcp import telemetry
 from noisett_mcp.config import Settings
+from noisett_mcp.metric_names import ALERTS, COLD_START_STAGE, ERRORS, GPU_METRICS
 from noisett_mcp.schemas import GenerationRequest
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
@@ -280,7 +281,17 @@ async def test_connection_string_switches_on_azure_monitor_export(settings: Sett
         "noisett.queue.wait_time",
         "noisett.images.generated",
         "noisett.queue.depth",
+        # What the alert rules watch, under the names they use (noisett_mcp.metric_names.ALERTS); no error
+        # and no GPU here.
+        *(
+            metric.name
+            for alert in ALERTS
+            for metric in alert.metrics
+            if metric not in (ERRORS, *GPU_METRICS)
+        ),
+        COLD_START_STAGE.name,
     } <= metric_names
+    assert not {metric.name for metric in GPU_METRICS} & metric_names  # no GPU here: absent, not zero
     dependencies = {data["name"] for data in _envelopes(received, "RemoteDependencyData")}
     requests = {data["name"] for data in _envelopes(received, "RequestData")}
     assert "noisett.generate" in dependencies and "tools/call generate_image" in requests
