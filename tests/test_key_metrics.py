@@ -5,6 +5,7 @@ a fake `pynvml` module (only on a machine without a GPU, where the real one has 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -321,3 +322,12 @@ async def test_on_a_cpu_no_gpu_instrument_reports_a_value(
     points, _ = collect(reader)
     assert names.IMAGE_DURATION.name in points
     assert not GPU_NAMES & set(points) and fake_nvml.inits == 0
+
+
+def test_the_gpu_benchmark_line_says_that_a_cpu_machine_sends_no_gpu_metric() -> None:
+    if _has_gpu():
+        pytest.skip("this machine has a GPU: benchmarks/gpu/nvml_check.py compares it with nvidia-smi")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "nvml_check.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("nvml check: no GPU or no nvidia-ml-py here: the sampler does not start")

@@ -16,11 +16,12 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
-
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from typing import TYPE_CHECKING, Any
 
 from noisett_mcp import metric_names as names
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, Meter
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class GpuSampler:
 
 def register_gpu_gauges(meter: Meter, samples: Callable[[], Sequence[GpuSample]]) -> None:
     """The gauges of `names.GPU_METRICS` on `meter`: each reads `samples()`, never NVML, when collected."""
+    from opentelemetry.metrics import Observation  # here: the sampler alone runs without OpenTelemetry
 
     def gauge(metric: names.Metric, value: Callable[[GpuSample], int]) -> None:
         def observe(options: CallbackOptions) -> Iterable[Observation]:

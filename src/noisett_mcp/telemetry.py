@@ -174,7 +174,10 @@ class Telemetry:
         self._cold_start.record(total_seconds)
         now_ns = time.time_ns()
         at_ns = now_ns - int(total_seconds * 1e9)
-        span = self._tracer.start_span("noisett.cold_start", kind=SpanKind.INTERNAL, start_time=at_ns)
+        # A root span: the start came before whichever request happened to wait for the load.
+        span = self._tracer.start_span(
+            "noisett.cold_start", context=otel_context.Context(), kind=SpanKind.INTERNAL, start_time=at_ns
+        )
         for stage, seconds in stages:
             self._cold_start_stage.record(seconds, {names.STAGE: stage})
             at_ns += int(seconds * 1e9)
