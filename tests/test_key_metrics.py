@@ -4,6 +4,7 @@ a fake `pynvml` module (only on a machine without a GPU, where the real one has 
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,13 +28,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from noisett_mcp import metric_names as names
 from noisett_mcp.cold_start import seconds_since_process_start
-from noisett_mcp.config import Settings
+from noisett_mcp.config import Settings, demo_model_folder
+from noisett_mcp.engine.demo import write_demo_model
 from noisett_mcp.engine.demo_loras import demo_transformer, write_random_lora
 from noisett_mcp.gpu_metrics import MAX_INTERVAL, MIN_INTERVAL, GpuSampler
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from noisett_mcp.telemetry import Telemetry
+from tests.azurite import Azurite, blob_settings
 from tests.support import add_style
+from tests.test_blob_sync import container
 
 pytestmark = pytest.mark.anyio
 
@@ -153,6 +157,35 @@ async def test_the_cold_start_counts_from_the_process_start_with_its_stages_in_o
     assert sum(stages.values()) == pytest.approx(total.sum)
     [span] = [span for span in spans.get_finished_spans() if span.name == "noisett.cold_start"]
     assert [event.name for event in span.events] == ["startup", "load"]
+
+
+async def test_a_blob_model_adds_its_sync_as_a_cold_start_stage_before_the_load(
+    make_settings: Callable[..., Settings],
+    azurite: Azurite,
+    model_cache: Path,
+    tmp_path: Path,
+    instruments: Telemetry,
+    reader: InMemoryMetricReader,
+    spans: InMemorySpanExporter,
+) -> None:
+    source = write_demo_model(demo_model_folder(model_cache))
+    models = f"models-{secrets.token_hex(4)}"
+    async with container(azurite, models) as blobs:
+        for path in sorted(path for path in source.rglob("*") if path.is_file()):
+            await blobs.upload_blob(f"demo/{path.relative_to(source).as_posix()}", path.read_bytes())
+    settings = make_settings(
+        **blob_settings(azurite), model=f"blob://{models}/demo", model_cache_dir=tmp_path / "empty-cache"
+    )
+    async with Noisett(settings, telemetry=instruments) as service:
+        await service.runner.engine()
+
+    [span] = [span for span in spans.get_finished_spans() if span.name == "noisett.cold_start"]
+    assert [event.name for event in span.events] == ["startup", "sync", "load"]
+    points, _ = collect(reader)
+    stages = {point.attributes[names.STAGE]: point.sum for point in points[names.COLD_START_STAGE.name]}
+    assert stages["sync"] > 0 and stages["load"] > 0
+    [total] = points[names.COLD_START.name]
+    assert sum(stages.values()) == pytest.approx(total.sum)
 
 
 def test_cold_start_stages_reported_by_the_loader_are_recorded_in_their_order(
