@@ -611,7 +611,7 @@ def test_every_package_of_the_image_is_locked_by_version_and_hash() -> None:
     lock = _lock()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = list(project["dependencies"])
-    for extra in ("quantization", "azure", "azure-monitor"):
+    for extra in ("quantization", "azure", "azure-monitor", "gpu"):
         wanted += project["optional-dependencies"][extra]
     for requirement in wanted:
         name = re.sub(r"[-_.]+", "-", _name(requirement)).lower()

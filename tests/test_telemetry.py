@@ -36,6 +36,7 @@ from noisett_mcp.schemas import GenerationRequest
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from noisett_mcp.telemetry import Telemetry, configure_logging
+from noisett_mcp.telemetry.names import ALERTS, COLD_START_STAGE, ERRORS, GPU_METRICS
 from tests.support import free_port, serve_asgi, wait_healthy
 
 pytestmark = pytest.mark.anyio
@@ -281,7 +282,17 @@ async def test_connection_string_switches_on_azure_monitor_export(settings: Sett
         "noisett.queue.wait_time",
         "noisett.images.generated",
         "noisett.queue.depth",
+        # What the alert rules watch, under the names they use (noisett_mcp.telemetry.names.ALERTS); no error
+        # and no GPU here.
+        *(
+            metric.name
+            for alert in ALERTS
+            for metric in alert.metrics
+            if metric not in (ERRORS, *GPU_METRICS)
+        ),
+        COLD_START_STAGE.name,
     } <= metric_names
+    assert not {metric.name for metric in GPU_METRICS} & metric_names  # no GPU here: absent, not zero
     dependencies = {data["name"] for data in _envelopes(received, "RemoteDependencyData")}
     requests = {data["name"] for data in _envelopes(received, "RequestData")}
     assert "noisett.generate" in dependencies and "tools/call generate_image" in requests

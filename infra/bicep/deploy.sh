@@ -11,6 +11,9 @@
 # workers on a queue, docs/deploy.md), NOISETT_GPU_PROFILE, NOISETT_MODEL, NOISETT_QUANTIZE and
 # NOISETT_OFFLOAD (auto: chosen for the GPU profile), NOISETT_MAX_REPLICAS (GPUs), NOISETT_QUEUE_LENGTH,
 # NOISETT_MAX_QUEUE, NOISETT_CORS_ORIGINS, HF_TOKEN, NOISETT_NAME_PREFIX (see infra/bicep/main.bicepparam).
+# Alerts (docs/deploy.md, "Metrics and alerts"): NOISETT_ALERT_EMAILS (comma-separated; empty: nothing is sent),
+# NOISETT_ALERT_LATENCY_SECONDS (90), NOISETT_ALERT_ERROR_RATE_PERCENT (10), NOISETT_ALERT_GPU_PERCENT (90),
+# NOISETT_ALERT_COLD_START_SECONDS (120).
 set -euo pipefail
 
 group="${1:-${NOISETT_RESOURCE_GROUP:-noisett}}"
@@ -30,6 +33,21 @@ case "$NOISETT_OFFLOAD" in
   auto | none | model | sequential) ;;
   *) echo "NOISETT_OFFLOAD must be auto, none, model or sequential, not '$NOISETT_OFFLOAD'" >&2; exit 2 ;;
 esac
+for variable in NOISETT_ALERT_LATENCY_SECONDS NOISETT_ALERT_ERROR_RATE_PERCENT NOISETT_ALERT_GPU_PERCENT \
+  NOISETT_ALERT_COLD_START_SECONDS; do
+  value="${!variable:-}"
+  if [ -n "$value" ] && ! [[ "$value" =~ ^[1-9][0-9]*$ ]]; then
+    echo "$variable must be a whole number of 1 or more, not '$value'" >&2
+    exit 2
+  fi
+done
+IFS=',' read -ra alert_emails <<<"${NOISETT_ALERT_EMAILS:-}"
+for email in "${alert_emails[@]}"; do
+  case "$email" in
+    '' | ?*@?*.?*) ;;
+    *) echo "NOISETT_ALERT_EMAILS: '$email' is not an e-mail address" >&2; exit 2 ;;
+  esac
+done
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 params="$here/main.bicepparam"

@@ -1,6 +1,6 @@
 // Noisett MCP on Azure Container Apps with a GPU workload profile, scaling to zero.
 //
-// Deploys: Log Analytics and Application Insights; a Basic container registry (admin user off); a storage
+// Deploys: Log Analytics and Application Insights, with alert rules on the key metrics; a Basic container registry (admin user off); a storage
 // account for images and styles (Entra ID only); an Azure Files share for the model cache; a user-assigned
 // identity with AcrPull and Storage Blob Data Contributor; a Container Apps environment with a GPU profile;
 // and the apps (when `containerImage` is set: the first run creates the registry the image goes to).
@@ -169,6 +169,31 @@ param imageRetentionDays int = 30
 @minValue(30)
 param logRetentionDays int = 30
 
+@description('E-mail addresses that get the alerts (docs/deploy.md, "Metrics and alerts"); empty: nothing is sent.')
+param alertEmails array = []
+
+@description('Alert when images take longer than this many seconds on average over 15 minutes (the guide: 90).')
+@minValue(1)
+param latencyAlertSeconds int = 90
+
+@description('Alert when more than this percent of generation requests fail over 15 minutes (the guide: 10).')
+@minValue(1)
+@maxValue(100)
+param errorRateAlertPercent int = 10
+
+@description('Generation requests a 15-minute window needs before the error-rate alert judges it.')
+@minValue(1)
+param errorRateAlertMinimumRequests int = 5
+
+@description('Alert when GPU utilization averages more than this percent over 15 minutes (the guide: 90, sustained).')
+@minValue(1)
+@maxValue(100)
+param gpuUtilizationAlertPercent int = 90
+
+@description('Alert when a replica takes longer than this many seconds from its start to ready (the guide: 120).')
+@minValue(1)
+param coldStartAlertSeconds int = 120
+
 param tags object = {
   application: 'noisett-mcp'
 }
@@ -207,6 +232,23 @@ module monitoring 'modules/monitoring.bicep' = {
     workspaceName: names.workspace
     appInsightsName: names.appInsights
     retentionInDays: logRetentionDays
+    tags: tags
+  }
+}
+
+// The guide's four key metrics, alerted on; e-mailed to alertEmails once someone is named.
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    location: location
+    namePrefix: namePrefix
+    appInsightsName: monitoring.outputs.appInsightsName
+    alertEmails: alertEmails
+    latencyAlertSeconds: latencyAlertSeconds
+    errorRateAlertPercent: errorRateAlertPercent
+    errorRateAlertMinimumRequests: errorRateAlertMinimumRequests
+    gpuUtilizationAlertPercent: gpuUtilizationAlertPercent
+    coldStartAlertSeconds: coldStartAlertSeconds
     tags: tags
   }
 }

@@ -41,5 +41,17 @@ param corsOrigins = filter(split(readEnvironmentVariable('NOISETT_CORS_ORIGINS',
 // Optional: needed for the gated Llama-3.1 text encoder when NOISETT_MODEL is a Hugging Face id.
 param hfToken = readEnvironmentVariable('HF_TOKEN', '')
 
+// Alerts (docs/deploy.md, "Metrics and alerts"). Comma-separated e-mail addresses; empty: nothing is sent.
+param alertEmails = filter(split(readEnvironmentVariable('NOISETT_ALERT_EMAILS', ''), ','), email => !empty(email))
+
+// Thresholds, whole numbers: the deployment guide's defaults.
+param latencyAlertSeconds = int(readEnvironmentVariable('NOISETT_ALERT_LATENCY_SECONDS', '90'))
+
+param errorRateAlertPercent = int(readEnvironmentVariable('NOISETT_ALERT_ERROR_RATE_PERCENT', '10'))
+
+param gpuUtilizationAlertPercent = int(readEnvironmentVariable('NOISETT_ALERT_GPU_PERCENT', '90'))
+
+param coldStartAlertSeconds = int(readEnvironmentVariable('NOISETT_ALERT_COLD_START_SECONDS', '120'))
+
 // Comma-separated object ids of style uploaders (deploy.sh adds the signed-in user).
 param operatorPrincipalIds = filter(split(readEnvironmentVariable('NOISETT_OPERATOR_IDS', ''), ','), id => !empty(id))

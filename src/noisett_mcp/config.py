@@ -251,6 +251,13 @@ class Settings(BaseSettings):
         validation_alias=_env("APPLICATIONINSIGHTS_CONNECTION_STRING"),
         description="Send traces, metrics and logs to Application Insights (the `azure-monitor` extra).",
     )
+    gpu_sample_seconds: float = Field(
+        5.0,
+        ge=1,
+        le=60,
+        description="Seconds between samples of GPU utilization and memory (NVML, the `gpu` extra) for "
+        "telemetry.",
+    )
 
     @field_validator(
         "allowed_hosts",

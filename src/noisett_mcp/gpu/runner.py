@@ -40,6 +40,7 @@ from noisett_mcp.storage.base import ImageStore
 from noisett_mcp.styles.catalog import StyleCatalog
 from noisett_mcp.styles.manifest import Style
 from noisett_mcp.telemetry import JobLabels, Telemetry
+from noisett_mcp.telemetry.gpu import GpuSampler
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -66,6 +67,7 @@ class JobRunner:
         self._engine_lock = anyio.Lock()
         self._heap = HeapTrimmer()
         self._thread = EngineThread()  # the model load, renders, encodes: one thread (engine_thread)
+        self._gpu: GpuSampler | None = None
 
     # --- the engine ---
     def start_preload(self, task_group: TaskGroup) -> None:
@@ -82,8 +84,10 @@ class JobRunner:
         async with self._engine_lock:
             if self._engine is None:
                 self.engine_state, self.engine_error = "loading", None
+                began = time.monotonic()
                 try:
                     config = await self._engine_config()
+                    synced = time.monotonic()
                     # Abandonable: a server whose client left exits at once, not when the load ends.
                     self._engine = await self._thread.run(_load_engine, config, abandon_on_cancel=True)
                 except ModelUnavailable as exc:  # a user's error: one line, no traceback
@@ -97,7 +101,16 @@ class JobRunner:
                     raise
                 self.engine_state = "ready"
                 log.info("model %s ready on %s", self.settings.model, self._engine.info.device)
+                sync = [("sync", synced - began)] if self.settings.blob_model else []
+                self.telemetry.cold_start_ready([*sync, ("load", time.monotonic() - synced)])
+                await self._watch_gpu(self._engine.info.device)
             return self._engine
+
+    async def _watch_gpu(self, device: str) -> None:
+        """Sample the GPU for telemetry once the model runs on one (NVML starts off the event loop)."""
+        if device.startswith("cuda") and self._gpu is None:
+            self._gpu = await anyio.to_thread.run_sync(GpuSampler.start, self.settings.gpu_sample_seconds)
+            self.telemetry.watch_gpu(self._gpu)
 
     @property
     def device(self) -> str | None:
@@ -184,6 +197,8 @@ class JobRunner:
     def close(self) -> None:
         """Let the engine thread end once its calls are done (the engine itself stays loaded)."""
         self._thread.close()
+        if self._gpu is not None:
+            self._gpu.close()
 
     def _prepare_style(self, engine: Engine, job: Job) -> Style | None:
         """On the engine thread, before the job runs: pick up added, changed and removed styles, and get
@@ -245,9 +260,11 @@ class JobRunner:
         # Set until the batch is stored, so that progress read meanwhile still counts batch steps.
         job.batch = range(indices[0], indices[-1] + 1) if len(indices) > 1 else range(0)
         try:
+            began = time.monotonic()
             rendered = await self._thread.run(
                 engine.generate_batch, job.spec, indices, on_step, lambda: job.cancel_requested, style, source
             )
+            self.telemetry.images_rendered(time.monotonic() - began, len(rendered), _labels(job))
             for index, image in zip(indices, rendered, strict=True):
                 record = finished_record(job, index, image.width, image.height, _versions())
                 fmt = images.FORMATS[job.spec.format]

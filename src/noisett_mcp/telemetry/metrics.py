@@ -8,17 +8,20 @@ a test that installs its own providers.
 What is recorded, per generation job:
 - a span `noisett.generate`, child of the MCP `tools/call generate_image` span that queued it, from the
   moment it was queued to the moment it finished;
-- `noisett.queue.wait_time` (s) when it starts, `noisett.generation.duration` (s) and
-  `noisett.images.generated` when it finishes, `noisett.errors` by `error.type` when it fails;
+- `noisett.queue.wait_time` (s) when it starts, `noisett.generation.image.duration` (s) per image,
+  `noisett.generation.duration` (s), `noisett.images.generated` and `noisett.generation.requests` when it
+  finishes, `noisett.errors` by `error.type` when it fails;
 - `noisett.queue.depth`, the jobs waiting for the GPU, read whenever metrics are collected.
-Prompts are never recorded.
+Per process: `noisett.cold_start.duration` and its stages once the model is ready, and the GPU gauges from
+NVML (`telemetry/gpu.py`) once it is ready on a GPU. `telemetry/names.py` lists them all. Prompts are never
+recorded.
 """
 
 from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -28,6 +31,9 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import SpanKind, StatusCode, TracerProvider
 
 from noisett_mcp import __version__
+from noisett_mcp.telemetry import names
+from noisett_mcp.telemetry.cold_start import seconds_since_process_start
+from noisett_mcp.telemetry.gpu import GpuSample, GpuSampler, register_gpu_gauges
 
 SCOPE = "noisett_mcp"
 
@@ -52,7 +58,7 @@ class JobLabels:
     style: str
 
     def attributes(self) -> dict[str, str | int]:
-        return {"noisett.model": self.model, "noisett.variant": self.variant, "noisett.style": self.style}
+        return {names.MODEL: self.model, names.VARIANT: self.variant, names.STYLE: self.style}
 
 
 class Depth(Protocol):
@@ -72,31 +78,23 @@ class Telemetry:
     ) -> None:
         meter = metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
         self._tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
-        self._duration = meter.create_histogram(
-            "noisett.generation.duration",
-            unit="s",
-            description="Time from a generation job's start on the GPU to its last image.",
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-        )
-        self._wait = meter.create_histogram(
-            "noisett.queue.wait_time",
-            unit="s",
-            description="Time a generation job waited in the queue (and for the model to load).",
-            explicit_bucket_boundaries_advisory=_WAIT_BUCKETS,
-        )
-        self._images = meter.create_counter(
-            "noisett.images.generated", unit="{image}", description="Images rendered and stored."
-        )
-        self._errors = meter.create_counter(
-            "noisett.errors", unit="{error}", description="Failed model loads and generations, by error.type."
-        )
+        self._duration = _histogram(meter, names.GENERATION_DURATION, _DURATION_BUCKETS)
+        self._image_duration = _histogram(meter, names.IMAGE_DURATION, _DURATION_BUCKETS)
+        self._wait = _histogram(meter, names.QUEUE_WAIT, _WAIT_BUCKETS)
+        self._cold_start = _histogram(meter, names.COLD_START, _DURATION_BUCKETS)
+        self._cold_start_stage = _histogram(meter, names.COLD_START_STAGE, _DURATION_BUCKETS)
+        self._images = _counter(meter, names.IMAGES_GENERATED)
+        self._requests = _counter(meter, names.REQUESTS)
+        self._errors = _counter(meter, names.ERRORS)
+        self._gpu: GpuSampler | None = None
+        register_gpu_gauges(meter, self._gpu_samples)
         # Observable instruments are registered once per meter: the gauge sums every queue it watches.
         self._queues: weakref.WeakSet[Depth] = weakref.WeakSet()
         meter.create_observable_gauge(
-            "noisett.queue.depth",
+            names.QUEUE_DEPTH.name,
             callbacks=[self._observe_depth],
-            unit="{job}",
-            description="Generation jobs waiting for the GPU (not counting the one running).",
+            unit=names.QUEUE_DEPTH.unit,
+            description=names.QUEUE_DEPTH.description,
         )
         # Per job, while it lives: where it was queued from, then its span and the context made current.
         # Keyed weakly by the caller's job object (any object that can be weakly referenced), so a job
@@ -149,7 +147,7 @@ class Telemetry:
 
     def job_failed(self, job: object, labels: JobLabels, exc: BaseException) -> None:
         kind = error_kind(exc)
-        self._errors.add(1, {**labels.attributes(), "error.type": kind, "noisett.operation": "generate"})
+        self._errors.add(1, {**labels.attributes(), names.ERROR_TYPE: kind, names.OPERATION: "generate"})
         running = self._running.get(job)
         if running is not None:
             span = running[0]
@@ -164,6 +162,7 @@ class Telemetry:
         attributes = labels.attributes()
         if images_done:
             self._images.add(images_done, attributes)
+        self._requests.add(1, {**attributes, names.STATUS: status})
         if seconds is not None:
             self._duration.record(seconds, attributes)
         running = self._running.pop(job, None)
@@ -176,7 +175,56 @@ class Telemetry:
 
     def error(self, operation: str, exc: BaseException) -> None:
         """A failure outside a job, e.g. operation `load` for the model."""
-        self._errors.add(1, {"error.type": error_kind(exc), "noisett.operation": operation})
+        self._errors.add(1, {names.ERROR_TYPE: error_kind(exc), names.OPERATION: operation})
+
+    def images_rendered(self, seconds: float, count: int, labels: JobLabels) -> None:
+        """One pipeline call rendered `count` images in `seconds`: each image's share, once per image."""
+        attributes = labels.attributes()
+        for _ in range(count):
+            self._image_duration.record(seconds / count, attributes)
+
+    def record_cold_start(self, total_seconds: float, stages: Sequence[tuple[str, float]]) -> None:
+        """The model is ready `total_seconds` after the process started, through `stages` (name, seconds),
+        in order. Also a span `noisett.cold_start` from the process's start, an event at each stage's end."""
+        self._cold_start.record(total_seconds)
+        now_ns = time.time_ns()
+        at_ns = now_ns - int(total_seconds * 1e9)
+        # A root span: the start came before whichever request happened to wait for the load.
+        span = self._tracer.start_span(
+            "noisett.cold_start", context=otel_context.Context(), kind=SpanKind.INTERNAL, start_time=at_ns
+        )
+        for stage, seconds in stages:
+            self._cold_start_stage.record(seconds, {names.STAGE: stage})
+            at_ns += int(seconds * 1e9)
+            span.add_event(stage, {"noisett.cold_start.seconds": seconds}, timestamp=min(at_ns, now_ns))
+        span.end(end_time=now_ns)
+
+    def cold_start_ready(self, stages: Sequence[tuple[str, float]]) -> None:
+        """`record_cold_start` with the process's age as the total (the stages are whatever the caller
+        timed; the time before the first of them is reported as stage `startup`)."""
+        total = seconds_since_process_start()
+        startup = max(0.0, total - sum(seconds for _, seconds in stages))
+        self.record_cold_start(total, [("startup", startup), *stages])
+
+    def watch_gpu(self, sampler: GpuSampler | None) -> None:
+        """Report `sampler`'s GPUs from now on (None: no GPU, and the GPU gauges stay absent)."""
+        self._gpu = sampler
+
+    def _gpu_samples(self) -> tuple[GpuSample, ...]:
+        return self._gpu.samples if self._gpu is not None else ()
 
     def _observe_depth(self, options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(sum(queue.depth for queue in list(self._queues)))
+
+
+def _histogram(meter: metrics.Meter, metric: names.Metric, buckets: list[float]) -> metrics.Histogram:
+    return meter.create_histogram(
+        metric.name,
+        unit=metric.unit,
+        description=metric.description,
+        explicit_bucket_boundaries_advisory=buckets,
+    )
+
+
+def _counter(meter: metrics.Meter, metric: names.Metric) -> metrics.Counter:
+    return meter.create_counter(metric.name, unit=metric.unit, description=metric.description)
