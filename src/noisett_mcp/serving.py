@@ -118,7 +118,10 @@ _repeats = _Repeats()
 class RepeatFilter(logging.Filter):
     """Lets through the first warning or error of each kind (logger, message, exception type) per
     interval, and notes on the next one let through how many it held back. Under a flood of sockets,
-    asyncio and uvicorn log the same failure once per socket: 147,000 lines in 30 s."""
+    asyncio and uvicorn log the same failure once per socket: 147,000 lines in 30 s.
+
+    The message is the whole formatted first line, not the template: two different style refusals share
+    `"style %s: %s"`, and keyed on the template the second one was never logged."""
 
     def __init__(self, interval: float = REPEAT_INTERVAL_SECONDS, max_kinds: int = 1000) -> None:
         super().__init__()
@@ -131,7 +134,11 @@ class RepeatFilter(logging.Filter):
             return True
         exc = record.exc_info[1] if record.exc_info else None
         # The first line only: asyncio's messages carry a per-event handle or socket on the next lines.
-        first_line = str(record.msg).split("\n", 1)[0]
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the template: the handler reports that itself
+            message = str(record.msg)
+        first_line = message.split("\n", 1)[0]
         key = (record.name, record.levelno, first_line, type(exc).__name__ if exc else "")
         now = time.monotonic()
         first, held = self._seen.get(key, (0.0, 0))
