@@ -27,6 +27,7 @@ from noisett_mcp.auth.caller import current_caller
 from noisett_mcp.health import health_response
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
+from noisett_mcp.storage.local import LocalImageStore
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ def create_app(service: Noisett) -> Starlette:
     settings = service.settings
     entra = auth.EntraConfig.from_settings(settings)  # a half-set config fails here, before serving
     mcp = build_server(service)
+    if isinstance(service.store, LocalImageStore):
+        service.store.file_urls = False  # remote clients: a server path is no link for them
 
     security = transport_security(settings.allowed_hosts, settings.cors_origins)
     health = health_endpoint(service, security)
