@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from noisett_mcp.errors import RequestError
 from noisett_mcp.schemas import IMAGE_TO_IMAGE_VARIANTS, GenerationRequest
+from noisett_mcp.styles.files import UnsafeFile, read_capped, regular_file
 
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
 # Checked on the header, before decoding: a few KB of PNG can claim gigapixels (a decompression bomb).
@@ -71,14 +72,21 @@ def from_base64(text: str) -> bytes:
 
 
 def from_path(text: str) -> bytes:
-    """The bytes of a local source file (stdio only: the server runs as the user there)."""
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise RequestError(f"source_path {text!r} is not a file on this computer: give the full path")
-    size = path.stat().st_size
-    if size > MAX_SOURCE_BYTES:
-        raise RequestError(_too_big("source_path", size))
-    return path.read_bytes()
+    """The bytes of a local source file (stdio only: the server runs as the user there, and reads what
+    their account can read). Only a regular file is read, opened non-blocking and read with a cap, so a
+    FIFO or a device never holds a thread. Every reason a path cannot be used gives the same answer: it
+    says what is needed, and nothing more about the path."""
+    unusable = RequestError(
+        f"source_path {text!r} cannot be used: give the full path of a PNG, JPEG or WebP file on this "
+        f"computer, at most {MAX_SOURCE_BYTES // 2**20} MiB, that your account can read"
+    )
+    try:
+        real, _ = regular_file(Path(text).expanduser(), None)
+        data = read_capped(real, MAX_SOURCE_BYTES, "source")
+        _open(data).close()  # the header only: not an image reads like any other unusable path
+    except (OSError, ValueError, RuntimeError, UnsafeFile, RequestError):  # ValueError: a NUL in it
+        raise unusable from None
+    return data
 
 
 def check(data: bytes, image_id: str | None = None) -> Source:

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.faults.common import Fifos
 from tests.jwks import JwksServer, SigningKey
 
 
@@ -17,3 +18,10 @@ def key() -> SigningKey:
 def jwks(key: SigningKey) -> Iterator[JwksServer]:
     with JwksServer(key).running() as server:
         yield server
+
+
+@pytest.fixture
+def fifos() -> Iterator[Fifos]:
+    made = Fifos(deadline=20)
+    yield made
+    made.stop()
