@@ -21,7 +21,7 @@ import anyio
 import httpx2
 from mcp import Client
 
-from benchmarks.common import demo_settings, report, serve_asgi
+from benchmarks.common import demo_settings, report, scaled, serve_asgi
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
 from tests.azurite import Azurite, blob_settings, running_azurite
@@ -30,8 +30,8 @@ from tests.jwks import JwksServer, SigningKey
 from tests.support import child_env, poll_until, served_process
 
 DEADLINE = 5.0  # NOISETT_STORAGE_DEADLINE_SECONDS, the default
-ABANDONED = int(os.environ.get("BENCH_ABANDONED", "1000"))  # calls per window
-WINDOWS = int(os.environ.get("BENCH_WINDOWS", "5"))
+ABANDONED = int(os.environ.get("BENCH_ABANDONED", scaled(1000, 8)))  # calls per window
+WINDOWS = int(os.environ.get("BENCH_WINDOWS", scaled(5, 2)))
 ABANDON_BUDGET_SECONDS = 420.0  # a loaded 2-core machine may not make all windows: the count is printed
 
 
