@@ -14,14 +14,14 @@ import os
 
 import torch
 
-from benchmarks.common import demo_settings, median, report, timed
+from benchmarks.common import demo_settings, median, report, scaled, timed
 from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.pipeline import Engine
 from noisett_mcp.schemas import GenerationSpec
 
-PAIRS = 12
+PAIRS = scaled(12, 1)
 COUNT = 4
-STEPS = 8
+STEPS = scaled(8, 2)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 from PIL import Image
 
-from benchmarks.common import demo_settings, median, report
+from benchmarks.common import demo_settings, median, report, scaled
 from noisett_mcp import images
 from noisett_mcp.config import demo_model_folder
 from noisett_mcp.engine.demo import write_demo_model
@@ -25,7 +25,7 @@ from noisett_mcp.storage.sync import sync_prefix
 from tests.azurite import running_azurite
 from tests.support import sample_record
 
-RUNS = 15
+RUNS = scaled(15, 2)
 
 
 def _image() -> bytes:
@@ -81,8 +81,8 @@ async def main() -> None:
         finally:
             await blob.aclose()
 
-    lean = median([_import_seconds("noisett_mcp.storage") for _ in range(3)])
-    full = median([_import_seconds("noisett_mcp.storage.blob") for _ in range(3)])
+    lean = median([_import_seconds("noisett_mcp.storage") for _ in range(scaled(3, 1))])
+    full = median([_import_seconds("noisett_mcp.storage.blob") for _ in range(scaled(3, 1))])
 
     local_save, local_read = median([t[0] for t in local_times]), median([t[1] for t in local_times])
     blob_save, blob_read = median([t[0] for t in blob_times]), median([t[1] for t in blob_times])

@@ -13,12 +13,12 @@ import time
 import anyio
 from mcp import Client
 
-from benchmarks.common import demo_settings, median, p99, report, serve_asgi
+from benchmarks.common import demo_settings, median, p99, report, scaled, serve_asgi
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
 
-STEPS = 8
-PROBES = 200
+STEPS = scaled(8, 2)
+PROBES = scaled(200, 10)
 
 
 async def latency_while_busy() -> None:
@@ -34,7 +34,7 @@ async def latency_while_busy() -> None:
             assert not result.is_error
             return time.perf_counter() - started
 
-        idle = [await timed("list_styles", {}) for _ in range(50)]
+        idle = [await timed("list_styles", {}) for _ in range(scaled(50, 5))]
         for _ in range(4):
             made = await client.call_tool(
                 "generate_image", {"prompt": "busy", "steps": 100, "count": 4, "wait": False}
@@ -62,7 +62,7 @@ async def latency_while_busy() -> None:
 
 
 async def load() -> None:
-    clients, per_client = 20, 5
+    clients, per_client = scaled(20, 3), scaled(5, 1)
     settings = demo_settings(max_queue=clients, max_queue_per_user=clients)  # all callers are `local`
     service = Noisett(settings)
     async with serve_asgi(create_app(service)) as base:

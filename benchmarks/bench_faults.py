@@ -3,7 +3,9 @@
   /healthz says `reachable: false` with no traffic at all;
 - abandoned calls: the server process's RSS over windows of generate_image calls that drop their
   connection (the first window fills what the first renders need; a leak grows in every window);
-- a queue hog: how many of user A's jobs start before user B's, when A has filled its share.
+- a queue hog: how many of user A's jobs start before user B's, when A has filled its share;
+- a hostile style manifest (issue 22): how much longer another user's generate_image takes beside 4
+  list_styles calls, when a manifest holds a key of 32,000 dotted parts.
 Goals: every request under 2 s past the storage deadline; health within 10 s; RSS growth under 2% per
 1,000 calls once the first 1,000 have filled what rendering needs; B's job starts after at most one of
 A's jobs."""
@@ -13,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +24,7 @@ import anyio
 import httpx2
 from mcp import Client
 
-from benchmarks.common import demo_settings, report, serve_asgi
+from benchmarks.common import demo_settings, median, report, scaled, serve_asgi
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
 from tests.azurite import Azurite, blob_settings, running_azurite
@@ -30,8 +33,8 @@ from tests.jwks import JwksServer, SigningKey
 from tests.support import child_env, poll_until, served_process
 
 DEADLINE = 5.0  # NOISETT_STORAGE_DEADLINE_SECONDS, the default
-ABANDONED = int(os.environ.get("BENCH_ABANDONED", "1000"))  # calls per window
-WINDOWS = int(os.environ.get("BENCH_WINDOWS", "5"))
+ABANDONED = int(os.environ.get("BENCH_ABANDONED", scaled(1000, 8)))  # calls per window
+WINDOWS = int(os.environ.get("BENCH_WINDOWS", scaled(5, 2)))
 ABANDON_BUDGET_SECONDS = 420.0  # a loaded 2-core machine may not make all windows: the count is printed
 
 
@@ -243,9 +246,57 @@ async def queue_hog() -> None:
     )
 
 
+async def hostile_manifest() -> None:
+    """Issue 22, finding 5: a manifest whose one key has 32,000 dotted parts (64 kB) cost 18 s of CPU per
+    parse, and 4 concurrent list_styles made another user's generate_image wait 109 s instead of 1 s.
+    Rounds side by side: the same 5 concurrent calls without the file, then with a fresh copy of it."""
+    settings = demo_settings()
+    folder = settings.resolved_styles_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    hostile = folder / "dotted.toml"
+    service = Noisett(settings)
+    peak_before = _peak_rss_mib()
+    waits: dict[bool, list[float]] = {False: [], True: []}
+    slowest_listing = 0.0
+    async with serve_asgi(create_app(service)) as base:
+        await service.runner.engine()
+
+        async def call(tool: str, arguments: dict[str, object], into: list[float]) -> None:
+            async with Client(f"{base}/mcp") as own:
+                into.append(await _timed(own, tool, arguments))
+
+        for round_ in range(scaled(3, 1)):
+            for with_file in (False, True):
+                if with_file:  # a new version each round: the catalog reads it again
+                    hostile.write_text("x" + ".x" * 31_999 + f" = {round_}\n")
+                else:
+                    hostile.unlink(missing_ok=True)
+                listings: list[float] = []
+                async with anyio.create_task_group() as tg:
+                    for _ in range(4):
+                        tg.start_soon(call, "list_styles", {}, listings)
+                    tg.start_soon(
+                        call, "generate_image", {"prompt": "another user's", "steps": 2}, waits[with_file]
+                    )
+                slowest_listing = max(slowest_listing, *listings)
+    without, beside = median(waits[False]), median(waits[True])
+    rows = [
+        ("generate_image beside 4 list_styles", f"{without:.2f} s (median of {len(waits[False])})"),
+        ("the same with the hostile manifest", f"{beside:.2f} s ({beside - without:+.2f} s)"),
+        ("slowest list_styles", f"{slowest_listing:.2f} s"),
+        ("peak RSS of this process", f"{_peak_rss_mib():.0f} MiB ({_peak_rss_mib() - peak_before:+.0f} MiB)"),
+    ]
+    verdict = met(beside - without <= 2, "another user waits ≤ 2 s longer")
+    report("a 32,000-part dotted key in a manifest", rows, verdict)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="noisett-bench-faults-"))
-    phases = os.environ.get("BENCH_FAULTS", "store,hog,leaks").split(",")
+    phases = os.environ.get("BENCH_FAULTS", "store,hog,leaks,manifest").split(",")
     if "store" in phases:
         with running_azurite() as azurite:
             await frozen_store(azurite)
@@ -253,6 +304,8 @@ async def main() -> None:
         await queue_hog()
     if "leaks" in phases:
         await abandoned_calls(tmp)
+    if "manifest" in phases:
+        await hostile_manifest()
 
 
 if __name__ == "__main__":

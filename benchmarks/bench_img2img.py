@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import demo_settings, median, report
+from benchmarks.common import demo_settings, median, report, scaled
 from noisett_mcp import sources
 from noisett_mcp.engine import img2img
 from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.pipeline import Engine
 from noisett_mcp.schemas import GenerationSpec, denoise_steps
 
-PAIRS = 20
-STEPS = 16
+PAIRS = scaled(20, 1)
+STEPS = scaled(16, 4)
 STRENGTH = 0.6
 
 

@@ -8,12 +8,12 @@ import resource
 import anyio
 from mcp import Client
 
-from benchmarks.common import demo_settings, report
+from benchmarks.common import demo_settings, report, scaled
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 
-GENERATIONS = 100
-WARMUP = 10
+GENERATIONS = scaled(100, 4)
+WARMUP = scaled(10, 1)
 
 
 def rss_mib() -> float:

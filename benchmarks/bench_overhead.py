@@ -9,11 +9,11 @@ import anyio
 import torch
 from mcp import Client
 
-from benchmarks.common import demo_settings, median, report, serve_asgi
+from benchmarks.common import demo_settings, median, report, scaled, serve_asgi
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
 
-RUNS = 12
+RUNS = scaled(12, 1)
 ARGS = {"prompt": "a lighthouse at dusk, flat vector poster", "seed": 1}
 
 

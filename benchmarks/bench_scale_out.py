@@ -19,16 +19,16 @@ import anyio
 import httpx2
 from mcp import Client
 
-from benchmarks.common import demo_settings, free_port, median, report
+from benchmarks.common import demo_settings, free_port, median, report, scaled
 from noisett_mcp.gpu.worker import Worker
 from noisett_mcp.schemas import GenerationRequest
 from noisett_mcp.service import Noisett
 from tests.azurite import running_azurite
 from tests.support import poll_until
 
-DISPATCHES = 10
-JOBS = int(os.environ.get("BENCH_JOBS", 12))
-STEPS = 16
+DISPATCHES = scaled(10, 2)
+JOBS = int(os.environ.get("BENCH_JOBS", scaled(12, 6)))  # quick: still past the per-user cap (4)
+STEPS = scaled(16, 2)
 
 
 async def dispatch_local() -> list[float]:
@@ -74,6 +74,8 @@ def env(connection_string: str, queue: str, data: Path) -> dict[str, str]:
         "NOISETT_QUEUE": "azure",
         "NOISETT_QUEUE_NAME": queue,
         "NOISETT_MAX_QUEUE": "100",
+        # Every job comes from one (local) user: without this, the per-user cap (4) refuses the fifth.
+        "NOISETT_MAX_QUEUE_PER_USER": "100",
         "NOISETT_DATA_DIR": str(data),
         # One thread each: two workers on this 2-core machine stand in for two GPUs.
         "OMP_NUM_THREADS": "1",

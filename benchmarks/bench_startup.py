@@ -11,9 +11,9 @@ import time
 import anyio
 from mcp import Client, StdioServerParameters
 
-from benchmarks.common import demo_settings, median, report
+from benchmarks.common import demo_settings, median, report, scaled
 
-RUNS = 5
+RUNS = scaled(5, 1)
 
 
 async def time_tools_list() -> float:

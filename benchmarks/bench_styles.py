@@ -16,16 +16,16 @@ import os
 
 import torch
 
-from benchmarks.common import demo_settings, median, report, timed
+from benchmarks.common import demo_settings, median, report, scaled, timed
 from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.pipeline import Engine
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.catalog import StyleCatalog
 from noisett_mcp.styles.manifest import Style
 
-PAIRS = 40
-RELOADS = 6
-STEPS = 4
+PAIRS = scaled(40, 2)
+RELOADS = scaled(6, 1)
+STEPS = scaled(4, 1)
 
 
 def spec_for(style: Style) -> GenerationSpec:
@@ -72,7 +72,7 @@ def main() -> None:
         reloads.append(timed(lambda style=style: reload_and_generate(style)))
         reload_same.append(timed(lambda style=style: generate(style)))
     # The switch alone, without the run: set_adapters to the same adapter, or to the other one.
-    switch_same = [timed(lambda: engine.styles.activate(a, 1.0))[0] for _ in range(50)]
+    switch_same = [timed(lambda: engine.styles.activate(a, 1.0))[0] for _ in range(scaled(50, 5))]
     switch_other = [timed(lambda s=s: engine.styles.activate(s, 1.0))[0] for s in (b, a) * 25]
 
     def ratio(top: list[tuple[float, float]], bottom: list[tuple[float, float]], kind: int) -> float:

@@ -18,14 +18,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from benchmarks.common import demo_settings, median, report, serve_asgi
+from benchmarks.common import demo_settings, median, report, scaled, serve_asgi
 from noisett_mcp.jobs.base import Job
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.telemetry import JobLabels, Telemetry
 from tests.test_telemetry import _ingestion_app
 
-RUNS = 5
-JOBS = 2000
+RUNS = scaled(5, 1)
+JOBS = scaled(2000, 50)
 
 
 async def time_tools_list(extra_env: dict[str, str]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -13,7 +14,11 @@ from noisett_mcp.config import Settings
 from noisett_mcp.telemetry import configure_logging
 from tests.support import free_port, serve_asgi
 
-__all__ = ["demo_settings", "free_port", "median", "p99", "report", "serve_asgi", "timed"]
+__all__ = ["QUICK", "demo_settings", "free_port", "median", "p99", "report", "scaled", "serve_asgi", "timed"]
+
+# BENCH_QUICK=1 (`python -m benchmarks.run --quick`): small counts, so that CI runs every benchmark in a
+# minute or two and none can rot. Its figures are not measurements: no goal is judged on them.
+QUICK = os.environ.get("BENCH_QUICK") == "1"
 
 _CACHE = Path(tempfile.gettempdir()) / "noisett-bench-models"
 
@@ -33,6 +38,11 @@ def demo_settings(**overrides: object) -> Settings:
     return Settings(**values)
 
 
+def scaled(full: int, quick: int) -> int:
+    """`full`, or `quick` in quick mode."""
+    return quick if QUICK else full
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -47,7 +57,7 @@ def report(name: str, rows: list[tuple[str, str]], verdict: str) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
-    print(f"  -> {verdict}")
+    print(f"  -> {verdict}" if not QUICK else "  -> quick mode (BENCH_QUICK=1): small counts, no goal judged")
 
 
 def timed(run: Callable[[], object]) -> tuple[float, float]:

@@ -255,7 +255,7 @@ async def test_a_local_source_path_is_read_over_stdio(service: Noisett, tmp_path
         made = (await generate(local, source_path=str(path), strength=0.3))["images"][0]
         assert made["source_sha256"] == hashlib.sha256(SOURCE).hexdigest()
         missing = await local.call_tool("generate_image", {**GOOD, "source_path": str(tmp_path / "nope.png")})
-        assert missing.is_error and "is not a file on this computer" in missing.content[0].text
+        assert missing.is_error and "cannot be used: give the full path" in missing.content[0].text
 
 
 async def test_the_cli_s_stdio_server_reads_source_path_and_the_http_app_refuses_it(

@@ -181,7 +181,8 @@ class Settings(BaseSettings):
         512,
         ge=1,
         description="Open HTTP connections at most; past it a new one gets 503 and is closed at once, "
-        "before the process runs out of file descriptors.",
+        "before the process runs out of file descriptors. A quarter is kept for connections that have sent "
+        "a whole request head.",
     )
     http_header_timeout: float = Field(
         10.0, gt=0, description="Seconds a client has to send a whole request head before it is closed."

@@ -24,6 +24,7 @@ NoisettError
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -97,7 +98,10 @@ class StyleRefused(NoisettError):
     """A style that cannot be offered; the message names its manifest and says what to fix."""
 
     def __init__(self, source: Path, reason: str) -> None:
-        super().__init__(f"{source}: {reason}")
+        # Clients read this: name files relative to the styles folder, never by their server path.
+        for folder in {str(source.parent), str(source.parent.resolve())}:
+            reason = reason.replace(folder + os.sep, "")
+        super().__init__(f"{source.name}: {reason}")
         self.source = source
         self.reason = reason
 

@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from noisett_mcp import auth
@@ -27,6 +28,7 @@ from noisett_mcp.auth.caller import current_caller
 from noisett_mcp.health import health_response
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
+from noisett_mcp.sources import MAX_SOURCE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # Largest POST body read to look for a cancel: a notification is tiny, a tools/call with a long prompt
 # is a few kB; anything bigger passes through unread.
 PEEK_BYTES = 64 * 1024
+# The largest request body: a source image at its cap, base64-encoded, plus the rest of the JSON-RPC call.
+REQUEST_OVERHEAD_BYTES = 256 * 1024
+MAX_BODY_BYTES = (MAX_SOURCE_BYTES + 2) // 3 * 4 + REQUEST_OVERHEAD_BYTES
 
 
 class CancelNotifications:
@@ -79,6 +84,28 @@ class CancelNotifications:
             log.info(
                 "cancel for request %r of %s: %s", request_id, owner, "stopping" if found else "no such call"
             )
+
+
+class BodyLimit:
+    """Refuses a request whose declared body is over MAX_BODY_BYTES with a 413 that says the limit and why,
+    before auth and before anything is read. The SDK applies the same limit to a body sent in chunks
+    without a length, while it reads it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            declared = Headers(scope=scope).get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                message = (
+                    f"request body is {int(declared):,} bytes; the most this server accepts is "
+                    f"{MAX_BODY_BYTES:,} bytes: a source image of at most {MAX_SOURCE_BYTES // 2**20} MiB, "
+                    "base64-encoded, with the rest of the call"
+                )
+                await PlainTextResponse(message, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def cancelled_request_id(body: bytes) -> str | int | None:
@@ -150,6 +177,7 @@ def create_app(service: Noisett) -> Starlette:
     settings = service.settings
     entra = auth.EntraConfig.from_settings(settings)  # a half-set config fails here, before serving
     mcp = build_server(service)
+    service.serve_remote_clients()
 
     security = transport_security(settings.allowed_hosts, settings.cors_origins)
     health = health_endpoint(service, security)
@@ -162,6 +190,7 @@ def create_app(service: Noisett) -> Starlette:
         json_response=False,
         transport_security=security,
         host=settings.host,
+        max_request_body_size=MAX_BODY_BYTES,
     )
     mcp_lifespan = app.router.lifespan_context
 
@@ -177,6 +206,7 @@ def create_app(service: Noisett) -> Starlette:
     )  # inside auth: the caller is known
     if entra is not None:
         auth.install(app, entra, MCP_PATH)  # inside CORS: a browser must be able to read a 401
+    app.add_middleware(BodyLimit)  # before auth: an oversized body costs nothing
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -43,6 +43,7 @@ from noisett_mcp.storage import (
     check_image_id,
     open_store,
 )
+from noisett_mcp.storage.local import LocalImageStore
 from noisett_mcp.styles.catalog import StyleCatalog
 from noisett_mcp.styles.manifest import BASE_STYLE
 from noisett_mcp.telemetry import Telemetry
@@ -127,6 +128,12 @@ class Noisett:
         for the local folder."""
         account = self.store.account
         return account.client.url if account is not None else None
+
+    def serve_remote_clients(self) -> None:
+        """Over HTTP the clients are elsewhere: a server path is no link for them, so the local folder
+        gives no `file:` URL (Blob's SAS links are unchanged)."""
+        if isinstance(self.store, LocalImageStore):
+            self.store.file_urls = False
 
     # --- requests ---
     def render_geometry(self) -> tuple[int, int]:

@@ -9,6 +9,11 @@ failed and asyncio logged "Too many open files" for each try. So the protocol he
   opened (or after its previous response);
 - answers 503 and closes at once past `NOISETT_HTTP_MAX_CONNECTIONS` open connections, before the process
   runs out of descriptors;
+- keeps a quarter of that cap for connections that have sent a whole request head: past the other three
+  quarters, connections waiting for a head (a new one, or an idle keep-alive one) are closed, the one
+  that has waited longest first. A client that holds half-sent requests open, reopening each as it is
+  closed, then only ever evicts its own oldest sockets: a complete request, a health probe among them,
+  arrives whole within milliseconds and always finds room;
 and `RepeatFilter` logs an error that repeats per socket once per minute, with a count.
 """
 
@@ -17,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -41,10 +46,18 @@ class BoundedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
 
     header_timeout: float = 10.0
     max_connections: int = 512
+    # The connections of one server waiting for a request head, the longest-waiting first (a dict keeps
+    # insertion order); `uvicorn_options` gives each server class its own.
+    waiting: ClassVar[dict[BoundedHTTPProtocol, None]] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_deadline: asyncio.TimerHandle | None = None
+
+    @property
+    def max_waiting(self) -> int:
+        """Connections that may wait for a request head at once: the cap less a quarter kept for the rest."""
+        return max(1, self.max_connections - max(1, self.max_connections // 4))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -82,11 +95,29 @@ class BoundedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
     def _arm_head_deadline(self) -> None:
         if self._head_deadline is None:  # from the first byte (or the open), never pushed back by more bytes
             self._head_deadline = self.loop.call_later(self.header_timeout, self._head_timed_out)
+            self.waiting[self] = None
+            self._evict_longest_waiting()
 
     def _disarm_head_deadline(self) -> None:
+        self.waiting.pop(self, None)
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
+
+    def _evict_longest_waiting(self) -> None:
+        """Past `max_waiting`, close the connections that have waited longest for a request head."""
+        while len(self.waiting) > self.max_waiting:
+            oldest = next(iter(self.waiting))
+            if oldest is self:
+                break
+            _repeats.note(
+                "closed the connection waiting longest for a request head: %d were waiting, the most is %d "
+                "(a quarter of NOISETT_HTTP_MAX_CONNECTIONS is kept for complete requests)",
+                len(self.waiting),
+                self.max_waiting,
+            )
+            oldest._disarm_head_deadline()
+            oldest.transport.close()
 
     def _head_timed_out(self) -> None:
         self._head_deadline = None
@@ -118,7 +149,10 @@ _repeats = _Repeats()
 class RepeatFilter(logging.Filter):
     """Lets through the first warning or error of each kind (logger, message, exception type) per
     interval, and notes on the next one let through how many it held back. Under a flood of sockets,
-    asyncio and uvicorn log the same failure once per socket: 147,000 lines in 30 s."""
+    asyncio and uvicorn log the same failure once per socket: 147,000 lines in 30 s.
+
+    The message is the whole formatted first line, not the template: two different style refusals share
+    `"style %s: %s"`, and keyed on the template the second one was never logged."""
 
     def __init__(self, interval: float = REPEAT_INTERVAL_SECONDS, max_kinds: int = 1000) -> None:
         super().__init__()
@@ -131,7 +165,11 @@ class RepeatFilter(logging.Filter):
             return True
         exc = record.exc_info[1] if record.exc_info else None
         # The first line only: asyncio's messages carry a per-event handle or socket on the next lines.
-        first_line = str(record.msg).split("\n", 1)[0]
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the template: the handler reports that itself
+            message = str(record.msg)
+        first_line = message.split("\n", 1)[0]
         key = (record.name, record.levelno, first_line, type(exc).__name__ if exc else "")
         now = time.monotonic()
         first, held = self._seen.get(key, (0.0, 0))
@@ -178,7 +216,11 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     protocol = type(
         "NoisettHTTPProtocol",
         (BoundedHTTPProtocol,),
-        {"header_timeout": settings.http_header_timeout, "max_connections": settings.http_max_connections},
+        {
+            "header_timeout": settings.http_header_timeout,
+            "max_connections": settings.http_max_connections,
+            "waiting": {},
+        },
     )
     return {
         "http": protocol,

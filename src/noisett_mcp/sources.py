@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from noisett_mcp.errors import RequestError
 from noisett_mcp.schemas import IMAGE_TO_IMAGE_VARIANTS, GenerationRequest
+from noisett_mcp.styles.files import UnsafeFile, read_capped, regular_file
 
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
 # Checked on the header, before decoding: a few KB of PNG can claim gigapixels (a decompression bomb).
@@ -71,18 +72,23 @@ def from_base64(text: str) -> bytes:
 
 
 def from_path(text: str, what: str = "source_path") -> bytes:
-    """The bytes of a local source file (stdio only: the server runs as the user there), named `what`
-    in messages (the CLI's --source)."""
+    """The bytes of a local source file (stdio only: the server runs as the user there, and reads what
+    their account can read), named `what` in messages (the CLI's --source). Only a regular file is read,
+    opened non-blocking and read with a cap, so a FIFO or a device never holds a thread. Every reason a
+    path cannot be used gives the same answer: which path was tried and what is needed, nothing more."""
     path = Path(text).expanduser()
-    if not path.is_file():
-        # A relative path is read from the server's folder, which is seldom the client's.
-        raise RequestError(
-            f"{what} {text!r} is not a file on this computer (tried {path.absolute()}): give the full path"
-        )
-    size = path.stat().st_size
-    if size > MAX_SOURCE_BYTES:
-        raise RequestError(_too_big(what, size))
-    return path.read_bytes()
+    # A relative path is read from the server's folder, which is seldom the client's: say where.
+    unusable = RequestError(
+        f"{what} {text!r} (tried {path.absolute()}) cannot be used: give the full path of a PNG, JPEG or "
+        f"WebP file on this computer, at most {MAX_SOURCE_BYTES // 2**20} MiB, that your account can read"
+    )
+    try:
+        real, _ = regular_file(path, None)
+        data = read_capped(real, MAX_SOURCE_BYTES, "source")
+        _open(data).close()  # the header only: not an image reads like any other unusable path
+    except (OSError, ValueError, RuntimeError, UnsafeFile, RequestError):  # ValueError: a NUL in it
+        raise unusable from None
+    return data
 
 
 def check(data: bytes, image_id: str | None = None) -> Source:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from mcp import Client
@@ -39,3 +43,34 @@ class User:
             Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client,
         ):
             yield client
+
+
+class Fifos:
+    """Makes FIFOs, and a watchdog: past `deadline` seconds it keeps opening each one for writing, which
+    releases any reader stuck on it (the code before the fix blocked there, in a thread no cancel
+    reaches), so that a hang fails the test instead of hanging the run."""
+
+    def __init__(self, deadline: float) -> None:
+        self.made: list[Path] = []
+        self.fired = False
+        self._done = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, args=(deadline,), daemon=True)
+        self._watchdog.start()
+
+    def make(self, path: Path) -> Path:
+        os.mkfifo(path)
+        self.made.append(path)
+        return path
+
+    def _watch(self, deadline: float) -> None:
+        if self._done.wait(deadline):
+            return
+        while not self._done.wait(0.1):
+            for path in self.made:
+                with contextlib.suppress(OSError):  # ENXIO: no reader waits on it
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                    self.fired = True
+
+    def stop(self) -> None:
+        self._done.set()
+        self._watchdog.join()

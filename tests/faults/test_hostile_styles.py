@@ -5,16 +5,13 @@ down the others, and nothing hangs."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
 import struct
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from mcp import Client, MCPError
 from noisett_mcp.config import Settings
 from noisett_mcp.styles.catalog import StyleCatalog
 from noisett_mcp.styles.manifest import DEMO_STYLES_DIR, Style, StyleManifest
+from tests.faults.common import Fifos
 from tests.support import add_style
 
 pytestmark = pytest.mark.anyio
@@ -58,44 +56,6 @@ def styles(settings: Settings) -> Path:
     folder = settings.resolved_styles_dir
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-class Fifos:
-    """Makes FIFOs, and a watchdog: past `deadline` seconds it keeps opening each one for writing, which
-    releases any reader stuck on it (the code before the fix blocked there, in a thread no cancel
-    reaches), so that a hang fails the test instead of hanging the run."""
-
-    def __init__(self, deadline: float) -> None:
-        self.made: list[Path] = []
-        self.fired = False
-        self._done = threading.Event()
-        self._watchdog = threading.Thread(target=self._watch, args=(deadline,), daemon=True)
-        self._watchdog.start()
-
-    def make(self, path: Path) -> Path:
-        os.mkfifo(path)
-        self.made.append(path)
-        return path
-
-    def _watch(self, deadline: float) -> None:
-        if self._done.wait(deadline):
-            return
-        while not self._done.wait(0.1):
-            for path in self.made:
-                with contextlib.suppress(OSError):  # ENXIO: no reader waits on it
-                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-                    self.fired = True
-
-    def stop(self) -> None:
-        self._done.set()
-        self._watchdog.join()
-
-
-@pytest.fixture
-def fifos() -> Iterator[Fifos]:
-    made = Fifos(deadline=20)
-    yield made
-    made.stop()
 
 
 @pytest.mark.faults

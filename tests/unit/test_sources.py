@@ -112,9 +112,9 @@ def test_a_local_path_is_read_and_a_missing_one_refused(tmp_path) -> None:  # ty
     path = tmp_path / "photo.png"
     path.write_bytes(encoded(Image.new("RGB", (4, 4))))
     assert sources.from_path(str(path)) == path.read_bytes()
-    with pytest.raises(RequestError, match="is not a file on this computer"):
+    with pytest.raises(RequestError, match="cannot be used: give the full path"):
         sources.from_path(str(tmp_path / "missing.png"))
-    with pytest.raises(RequestError, match="is not a file on this computer"):
+    with pytest.raises(RequestError, match="cannot be used: give the full path"):
         sources.from_path(str(tmp_path))
 
 

@@ -25,6 +25,8 @@ SOURCE_FOLDER = "sources"
 class LocalImageStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # A file URL opens only on this computer, and names a server path: the HTTP app turns it off.
+        self.file_urls = True
 
     # File I/O runs in a worker thread so the event loop keeps answering.
     async def save_record(self, record: ImageRecord) -> None:
@@ -48,6 +50,8 @@ class LocalImageStore:
         return StoredImage(data, BY_EXTENSION[path.suffix].mime_type)
 
     async def image_url(self, image_id: str) -> str | None:
+        if not self.file_urls:
+            return None
         path = await anyio.to_thread.run_sync(self._find_image, image_id)
         return path.resolve().as_uri() if path else None
 

@@ -31,6 +31,7 @@ from noisett_mcp.styles.files import (
     regular_file,
     sha256_regular,
 )
+from noisett_mcp.styles.keys import MAX_KEY_PARTS, longest_dotted_key
 from noisett_mcp.styles.manifest import (
     BASE_STYLE,
     DEMO_STYLES_DIR,
@@ -111,6 +112,7 @@ class StyleCatalog:
         self._manifests: dict[Path, tuple[FileKey, StyleManifest | str]] = {}
         self._weights: dict[Path, tuple[FileKey, tuple[str, frozenset[str]] | str]] = {}
         self._hashing: dict[Path, threading.Lock] = {}  # one hash of a weights file at a time
+        self._parsing: dict[Path, threading.Lock] = {}  # one parse of a manifest at a time
         self._engine_refusals: dict[tuple[str, str | None], str] = {}  # (name, sha256) → reason
         self._reported: dict[Path, str] = {}  # what was last logged per manifest, to log changes only
 
@@ -155,6 +157,7 @@ class StyleCatalog:
             # Forget files that are gone, so the caches never outgrow the folder.
             for gone in [p for p in self._manifests if p not in seen]:
                 del self._manifests[gone]
+                self._parsing.pop(gone, None)
             for gone in [p for p, _ in cached_weights if p not in weights_in_use]:
                 self._weights.pop(gone, None)  # only entries this scan checked: a newer one may have come
                 self._hashing.pop(gone, None)
@@ -216,15 +219,18 @@ class StyleCatalog:
         except UnsafeFile as exc:
             raise StyleRefused(path, f"manifest refused: {exc}") from None
         with self._lock:
-            cached = self._manifests.get(path)
-        if cached is None or cached[0] != key:
-            try:
-                parsed = _parse_manifest(path, read_capped(real, MAX_MANIFEST_BYTES, "manifest"))
-            except UnsafeFile as exc:
-                parsed = f"manifest refused: {exc}"
-            cached = (key, parsed)
+            parsing = self._parsing.setdefault(path, threading.Lock())
+        with parsing:  # single flight: concurrent misses on one file version parse it once
             with self._lock:
-                self._manifests[path] = cached
+                cached = self._manifests.get(path)
+            if cached is None or cached[0] != key:
+                try:
+                    parsed = _parse_manifest(path, read_capped(real, MAX_MANIFEST_BYTES, "manifest"))
+                except UnsafeFile as exc:
+                    parsed = f"manifest refused: {exc}"
+                cached = (key, parsed)
+                with self._lock:
+                    self._manifests[path] = cached
         if isinstance(cached[1], str):
             raise StyleRefused(path, cached[1])
         return cached[1]
@@ -303,7 +309,13 @@ def _checked_preview(named: Path | None, folder: Path) -> tuple[Path | None, str
 def _parse_manifest(path: Path, raw: bytes) -> StyleManifest | str:
     """The manifest, or the reason it is refused."""
     try:
-        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        if (parts := longest_dotted_key(text)) > MAX_KEY_PARTS:
+            return (
+                f"{path.name}: a key has {parts} dotted parts; the most a manifest key may have is "
+                f"{MAX_KEY_PARTS} (its keys are flat, like `title`)"
+            )
+        data: dict[str, Any] = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         return f"malformed TOML ({exc})"
     except RecursionError:  # tomllib recurses once per nesting level: `x = [[[…]]]`

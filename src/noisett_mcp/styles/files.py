@@ -74,7 +74,12 @@ def read_capped(real: Path, limit: int, what: str) -> bytes:
     """The bytes of the regular file `real`; raise UnsafeFile if it holds more than `limit`."""
     fd = _open_regular(real)
     with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
+        try:
+            data = f.read(limit + 1)
+        except BlockingIOError:  # a kernel file that has nothing yet (`/proc/kmsg`): never wait for it
+            data = None
+    if data is None:
+        raise UnsafeFile("it has no data to read without waiting")
     if len(data) > limit:
         raise UnsafeFile(f"the {what} is larger than {limit // 1024} KiB, the most a {what} may be")
     return data

@@ -252,6 +252,22 @@ async function fullScenario(page) {
   await until("the waited-for image", async () => (await waitedApp.locator('.card[data-status="done"] .thumb img').count()) === 1);
   check((await waitedApp.locator("#status").textContent()) === "1 image: 1 done", "the summary");
 
+  step("More like this on an image-to-image result starts from the same source, at the same strength");
+  const restyled = await page.evaluate(
+    (id) => window.host.openApp("generate_image", { prompt: "restyled", steps: 2, source_image_id: id, strength: 0.4 }),
+    firstIds[0],
+  );
+  const restyledApp = page.frameLocator(`iframe[name="app-${restyled}"]`);
+  await until("the image-to-image result", async () => (await restyledApp.locator('.card[data-status="done"] .thumb img').count()) === 1);
+  const restyledBefore = (await page.evaluate(() => window.host.log.calls)).length;
+  await restyledApp.locator(".card").first().locator('[data-action="more"]').click();
+  const moreRestyled = await until("the More like this call from the image-to-image result", async () =>
+    (await page.evaluate(() => window.host.log.calls)).slice(restyledBefore).find((call) => call.name === "generate_image"),
+  );
+  check(moreRestyled.arguments.source_image_id === firstIds[0] && moreRestyled.arguments.strength === 0.4,
+        `the same source and strength (${JSON.stringify(moreRestyled.arguments)})`);
+  await until("the new image-to-image result", async () => (await restyledApp.locator('.card[data-status="done"]').count()) === 2);
+
   step("the host's dark theme");
   await page.evaluate(() => window.host.setTheme("dark"));
   const dark = await until("the dark theme", async () => {
