@@ -81,5 +81,5 @@ def test_the_benchmark_runner_has_help_and_refuses_a_name_it_does_not_have() -> 
     typo = run("batc")
     assert typo.returncode == 2 and "###" not in typo.stdout
     assert typo.stderr.splitlines()[-1].startswith(
-        "python -m benchmarks.run: error: no benchmark named batc; there are: batch, "
+        "python -m benchmarks.run: error: no benchmark named batc; the benchmarks are batch, "
     )
