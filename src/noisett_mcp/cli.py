@@ -18,6 +18,7 @@ import anyio
 from noisett_mcp import __version__, telemetry
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import needs_azure_storage
+from noisett_mcp.hardware import fp8_problem
 from noisett_mcp.schemas import ASPECT_RATIOS, MAX_PROMPT_CHARS
 from noisett_mcp.telemetry import configure_logging
 
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
             f"NOISETT_DEVICE={settings.device}, but this machine has no NVIDIA driver (libcuda): "
             "set NOISETT_DEVICE=auto or cpu"
         )
+    if problem := fp8_problem(settings):
+        _fail(problem)
     # Logs go to stderr (on stdio, stdout belongs to the MCP protocol), with secrets redacted.
     configure_logging(settings.log_level, settings.log_format)
     sys.exit(args.run(args, settings) or 0)

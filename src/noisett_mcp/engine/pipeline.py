@@ -25,11 +25,13 @@ from noisett_mcp.config import Settings
 from noisett_mcp.engine import img2img
 from noisett_mcp.engine.adapters import StyleAdapters
 from noisett_mcp.engine.demo import MARKER, write_demo_model
+from noisett_mcp.engine.fast import speed_up
 from noisett_mcp.errors import BatchOutOfMemory, GenerationCancelled, ModelUnavailable
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.manifest import Style
 
 log = logging.getLogger(__name__)
+BITSANDBYTES = ("nf4", "int8")  # NOISETT_QUANTIZE modes loaded through bitsandbytes (fp8 is engine/fast.py)
 
 # Library progress bars and chatter would clutter the server's logs (and stdio belongs to MCP).
 diffusers.utils.logging.set_verbosity_error()
@@ -117,6 +119,7 @@ class Engine:
         if pipe is None:
             check_reachable(settings, self.device)
         self.pipe = self._place(pipe if pipe is not None else self._load())
+        self.fast = speed_up(self.pipe, settings, self.device)
         self.styles = StyleAdapters(self.pipe, settings.max_loaded_styles)
         # The images of one request in one pipeline call (generate_batch), or one after another.
         self.batching = settings.batch == "on" or (settings.batch == "auto" and self.device == "cpu")
@@ -140,7 +143,7 @@ class Engine:
         if not (folder / "text_encoder_4").is_dir():
             # The HiDream repos ship without Llama-3.1 (it is gated): load it and pass it in.
             kwargs.update(self._load_llama(cache_dir))
-        if settings.quantize != "none":
+        if settings.quantize in BITSANDBYTES:
             kwargs["quantization_config"] = diffusers.PipelineQuantizationConfig(
                 quant_backend="bitsandbytes_4bit" if settings.quantize == "nf4" else "bitsandbytes_8bit",
                 quant_kwargs=self._bnb_kwargs(),
@@ -171,7 +174,7 @@ class Engine:
     def _load_llama(self, cache_dir: Path) -> dict[str, object]:
         name = self.settings.llama_model
         extra: dict[str, object] = {}
-        if self.settings.quantize != "none":
+        if self.settings.quantize in BITSANDBYTES:
             extra["quantization_config"] = transformers.BitsAndBytesConfig(**self._bnb_kwargs())
         local = Path(name).is_dir()
         tokenizer = transformers.AutoTokenizer.from_pretrained(

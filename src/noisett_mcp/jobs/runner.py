@@ -249,7 +249,9 @@ class JobRunner:
                 engine.generate_batch, job.spec, indices, on_step, lambda: job.cancel_requested, style, source
             )
             for index, image in zip(indices, rendered, strict=True):
-                record = finished_record(job, index, image.width, image.height, _versions())
+                record = finished_record(
+                    job, index, image.width, image.height, _versions(), batched=len(indices) > 1
+                )
                 fmt = images.FORMATS[job.spec.format]
                 data = await self._thread.run(images.encode, image, fmt.name, record.parameters())
                 async with job.records_lock:
