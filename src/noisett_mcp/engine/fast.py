@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 WARM_UP_RATIOS = ("1:1", "16:9")  # square, and one masked shape that stands for every other preset
 WARM_UP_GUIDANCE = (0.0, 5.0)  # batch 1, and batch 2 (classifier-free guidance)
-RECOMPILE_LIMIT = 16  # per block code: 2 shapes × 2 batches, and room for a style's adapters
+# Graphs per code object: both block kinds run HiDreamBlock.forward, so the warm-up alone makes
+# 2 kinds × 2 shapes × 2 batch sizes = 8, torch's default limit; past it fullgraph fails hard.
+RECOMPILE_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,8 @@ def transformer_blocks(transformer: Any) -> list[nn.Module]:
 def compile_blocks(transformer: nn.Module) -> int:
     import torch._dynamo
 
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, RECOMPILE_LIMIT)
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     blocks = transformer_blocks(transformer)
     for block in blocks:
         block.compile(fullgraph=True, dynamic=False)
@@ -128,16 +131,17 @@ def warm_up(pipe: HiDreamImagePipeline) -> float:
         assert ratio in ASPECT_RATIOS
         width, height = rendered_size(ratio, side, multiple)
         for guidance in WARM_UP_GUIDANCE:
-            with torch.inference_mode():
-                pipe(
-                    prompt="warm-up",
-                    width=width,
-                    height=height,
-                    num_inference_steps=1,
-                    guidance_scale=guidance,
-                    generator=torch.Generator("cpu").manual_seed(0),
-                    output_type="latent",
-                )
+            # Under the pipeline's own no_grad, as a user's image runs: inference-mode tensors would
+            # be another dispatch key set, and every graph would compile again on the first image.
+            pipe(
+                prompt="warm-up",
+                width=width,
+                height=height,
+                num_inference_steps=1,
+                guidance_scale=guidance,
+                generator=torch.Generator("cpu").manual_seed(0),
+                output_type="latent",
+            )
     return time.perf_counter() - started
 
 
