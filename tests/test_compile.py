@@ -42,13 +42,15 @@ def test_after_the_load_s_warm_up_no_preset_compiles_and_the_image_is_the_eager_
 ) -> None:
     compiled = Engine(make_settings(compile="on", compile_cache_dir=tmp_path / "inductor"))
     assert compiled.fast.compiled_blocks == 2 and compiled.fast.moe_layers == 2
-    assert any((tmp_path / "inductor").iterdir()), "inductor wrote its cache where NOISETT_COMPILE_CACHE_DIR says"
+    cache = tmp_path / "inductor"
+    assert any(cache.iterdir()), "inductor wrote its cache where NOISETT_COMPILE_CACHE_DIR says"
     graphs = counters["stats"]["unique_graphs"]
     assert graphs >= 8, "two block kinds × square and masked × batch 1 and 2, compiled at load"
     images = {}
     for ratio in ASPECT_RATIOS:  # every preset, with and without classifier-free guidance
         for guidance in (0.0, 5.0):
-            images[ratio, guidance] = compiled.generate(spec(ratio, guidance), 0, lambda s: None, lambda: False)
+            image = compiled.generate(spec(ratio, guidance), 0, lambda step: None, lambda: False)
+            images[ratio, guidance] = image
     assert counters["stats"]["unique_graphs"] == graphs, "a preset compiled on a user's image"
     eager = Engine(make_settings(compile="off"))
     for key in (("1:1", 5.0), ("16:9", 0.0)):
