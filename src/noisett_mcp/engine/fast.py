@@ -12,6 +12,12 @@ adds a mask, and its text is always 128 + 128 tokens. So every aspect ratio pres
 shapes, square or masked, at each batch size: the warm-up renders 1:1 and one other preset at batch 1 and 2
 (classifier-free guidance doubles the batch), and no later preset compiles again. The graphs are static
 (`dynamic=False`): a batch of several images (NOISETT_BATCH=on) compiles its batch size on first use.
+
+Styles: peft wraps the adapted Linears and dynamo guards on their adapters, so each state of the loaded
+adapters (which are loaded, which is active, or none) is its own graph: a style's first image compiles
+two graphs per shape. Measured on the demo model; diffusers' LoRA hotswap (one adapter slot of a fixed
+rank, weights swapped in place) would remove it and is not done here. The recompile limit is raised so
+that such states do not reach it: with fullgraph, reaching it fails the image instead of running eagerly.
 """
 
 from __future__ import annotations
@@ -38,8 +44,8 @@ log = logging.getLogger(__name__)
 WARM_UP_RATIOS = ("1:1", "16:9")  # square, and one masked shape that stands for every other preset
 WARM_UP_GUIDANCE = (0.0, 5.0)  # batch 1, and batch 2 (classifier-free guidance)
 # Graphs per code object: both block kinds run HiDreamBlock.forward, so the warm-up alone makes
-# 2 kinds × 2 shapes × 2 batch sizes = 8, torch's default limit; past it fullgraph fails hard.
-RECOMPILE_LIMIT = 64
+# 2 kinds × 2 shapes × 2 batch sizes = 8, torch's default limit; each style state adds as many.
+RECOMPILE_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ def compile_blocks(transformer: nn.Module) -> int:
 
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 2 * RECOMPILE_LIMIT)
     blocks = transformer_blocks(transformer)
     for block in blocks:
         block.compile(fullgraph=True, dynamic=False)
