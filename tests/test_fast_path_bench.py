@@ -21,7 +21,7 @@ def test_the_fast_path_dry_run_measures_every_part_on_the_cpu(tmp_path: Path) ->
         [sys.executable, str(GPU / "fast_path.py"), "--dry-run", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     figures = json.loads((tmp_path / "fast_path.json").read_text())

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="fast-path-"))
     started = args.started or time.time()
-    budget = args.budget if args.budget is not None else (900.0 if args.dry_run else 420.0)
+    budget = args.budget if args.budget is not None else (1500.0 if args.dry_run else 420.0)
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
