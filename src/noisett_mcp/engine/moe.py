@@ -118,7 +118,7 @@ def routed_experts(
     order = expert_index.argsort(stable=True)  # slots grouped by expert
     token = order // top_k
     counts = torch.zeros(experts, dtype=torch.int32, device=x.device)
-    counts.scatter_add_(0, expert_index.to(torch.int32), torch.ones_like(expert_index, dtype=torch.int32))
+    counts.scatter_add_(0, expert_index, torch.ones_like(expert_index, dtype=torch.int32))  # no bincount
     ends = counts.cumsum(0, dtype=torch.int32)
     gathered = x[token]
     up = grouped_mm(gathered, stacked.w13.transpose(1, 2), ends)
