@@ -18,6 +18,7 @@ from PIL import Image
 from noisett_mcp.config import Settings
 from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.pipeline import Engine
+from noisett_mcp.images import read_metadata
 from noisett_mcp.jobs.base import Job
 from noisett_mcp.schemas import GenerationRequest, GenerationSpec, new_image_id
 from noisett_mcp.server import build_server
@@ -92,6 +93,22 @@ async def test_count_four_renders_as_one_batch_with_one_progress_notification_pe
     ]
     values = [p for p, _ in updates]
     assert values == sorted(set(values)), "MCP progress must strictly increase"
+
+
+async def test_images_rendered_in_one_batch_say_so_in_their_result_and_their_png_text(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """On a GPU a batched image can differ from its seed alone: "use this seed" must not surprise."""
+    async with Noisett(make_settings(batch="on")) as service, Client(build_server(service)) as client:
+        batched = await client.call_tool("generate_image", {"prompt": "kites", "steps": 1, "count": 2})
+        alone = await client.call_tool("generate_image", {"prompt": "kites", "steps": 1, "count": 1})
+        for result, expected in ((batched, True), (alone, False)):
+            assert not result.is_error
+            for image in result.structured_content["images"]:
+                assert image["batched"] is expected
+                stored = await service.store.load_image(image["id"])
+                assert stored is not None
+                assert read_metadata(stored.data)["batched"] is expected
 
 
 async def test_with_batching_off_the_images_render_one_after_another(

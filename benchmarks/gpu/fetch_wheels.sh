@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Download the wheels first_light.py (and nvml_check.py: nvidia-ml-py) needs on the GPU machine into .gpu-wheels/ (about 51 MiB; the device
+# Download the wheels the GPU scripts need on the GPU machine into .gpu-wheels/ (about 54 MiB; the device
 # tool carries 64 MiB with the working tree). Its image has torch, transformers, peft, accelerate, pillow,
 # safetensors and huggingface-hub, but not these. Python 3.12 on x86-64 there.
 set -euo pipefail
@@ -11,5 +11,5 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   diffusers==0.42.1 importlib_metadata==10.2.0 \
   pydantic==2.14.4 pydantic_core==2.50.5 pydantic-settings==2.16.3 annotated-types==0.8.0 \
   typing-inspection==0.4.5 typing_extensions==4.16.0 python-dotenv==1.2.4 platformdirs==4.14.9 \
-  bitsandbytes==0.50.2 nvidia-ml-py==13.615.71
+  bitsandbytes==0.50.2 torchao==0.18.0 nvidia-ml-py==13.615.71
 du -sh .gpu-wheels

@@ -29,6 +29,7 @@ from PIL import Image
 from noisett_mcp.config import Settings
 from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.demo_loras import write_random_lora
+from noisett_mcp.engine.moe import remove_fast_moe
 from noisett_mcp.engine.pipeline import Engine, engine_dtype
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.catalog import StyleCatalog
@@ -215,11 +216,13 @@ class Bench:
             data_dir=self.folder / "data",
             model_cache_dir=self.folder / "cache",
             preload=False,
+            compile="off",  # first light: the engine over plain diffusers; fast_path.py measures the rest
         )
         setup = time.perf_counter()
         # the engine's own setup, on this pipeline
         self.engine = Engine(EngineConfig.from_settings(self.settings), pipe=self.pipe)
         setup = time.perf_counter() - setup
+        remove_fast_moe(self.pipe.transformer)  # diffusers' own router, as on 2026-12-04
         self.side = self.engine.info.render_side
         weights = {
             name: weight_bytes(m) / 2**30

@@ -336,7 +336,13 @@ var gpuEnv = concat(
     { name: 'NOISETT_QUANTIZE', value: quantize == 'auto' ? (isT4 ? 'nf4' : 'none') : quantize }
     { name: 'NOISETT_OFFLOAD', value: offload == 'auto' ? (isT4 ? 'sequential' : 'none') : offload }
   ],
-  mountModelCache ? [{ name: 'MODEL_CACHE_DIR', value: modelCacheMountPath }] : []
+  // Inductor's cache beside the weights: a replica that starts from zero compiles from it in seconds.
+  mountModelCache
+    ? [
+        { name: 'MODEL_CACHE_DIR', value: modelCacheMountPath }
+        { name: 'NOISETT_COMPILE_CACHE_DIR', value: '${modelCacheMountPath}/inductor' }
+      ]
+    : []
 )
 var endpointEnv = [
   { name: 'AZURE_AD_TENANT_ID', value: entraTenantId }

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Variant = Literal["auto", "full", "dev", "fast"]
 Offload = Literal["none", "model", "sequential"]
-Quantize = Literal["none", "nf4", "int8"]
+Quantize = Literal["none", "nf4", "int8", "fp8"]
 
 ImageSharing = Literal["owner", "tenant"]
 # A list read from a comma-separated variable (or a JSON array): NoDecode keeps pydantic-settings from
@@ -65,7 +65,22 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="`auto`, `cuda`, `cuda:N` or `cpu`.")
     offload: Offload = Field("none", description="CPU offload: `model` or `sequential` trade speed for VRAM.")
-    quantize: Quantize = Field("none", description="Quantize transformer and Llama: `nf4` or `int8`.")
+    quantize: Quantize = Field(
+        "none",
+        description="Quantize transformer and Llama: `nf4` or `int8` (bitsandbytes); or `fp8`: torchao "
+        "float8 with dynamic per-row scales on the transformer's linear layers, compiled, for GPUs of "
+        "compute capability 8.9 or newer (Ada, Hopper, Blackwell; the `fp8` extra).",
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile each transformer block at load (warm-up included), never on a user's "
+        "image; `auto` compiles on CUDA and not on CPU. `fp8` always compiles.",
+    )
+    compile_cache_dir: Path | None = Field(
+        None,
+        description="Inductor's cache folder (TORCHINDUCTOR_CACHE_DIR), on a volume that persists, so that a "
+        "restart compiles in seconds; default: torch's own (in /tmp).",
+    )
     preload: bool = Field(True, description="Load the model in the background after start.")
     batch: Literal["auto", "on", "off"] = Field(
         "auto",

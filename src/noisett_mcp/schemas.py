@@ -222,6 +222,11 @@ class ImageInfo(BaseModel):
     source_fit: str | None = Field(
         None, description="How the source was scaled and cropped to this image's size."
     )
+    batched: bool = Field(
+        False,
+        description="Rendered in one batch with other images of its request. On a GPU such an image can "
+        "differ slightly from the one its seed gives alone (up to 61/255 per pixel measured).",
+    )
     progress: float = Field(0.0, description="Fraction done, 0 to 1.")
     error: str | None = Field(None, description="Why the image failed, when status is failed.")
     url: str | None = Field(None, description="A direct download link, where the store offers one.")

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from noisett_mcp.config import BLOB_MODEL_SCHEME, DEMO_MODEL, Settings
+from noisett_mcp.hardware import fp8_problem
 
 # A Hugging Face repo id: NAME or ORG/NAME, letters, digits, `_`, `-` and `.` (no `--` or `..`), 96 each.
 _HUB_ID = re.compile(r"(?!.*(--|\.\.))[\w.-]{1,96}(/[\w.-]{1,96})?")
@@ -46,7 +47,7 @@ def model_problem(model: str, setting: str) -> str | None:
 
 def quantize_problem(quantize: str, device: str, *, has_gpu: bool, has_bitsandbytes: bool) -> str | None:
     """Why NOISETT_QUANTIZE cannot work here: bitsandbytes quantizes on a CUDA GPU only."""
-    if quantize == "none":
+    if quantize in ("none", "fp8"):  # fp8 is torchao's: hardware.fp8_problem checks it
         return None
     install = "pip install 'noisett-mcp[quantization]' (the `quantization` extra)"
     if device == "cpu" or not has_gpu:
@@ -74,6 +75,7 @@ def render_problems(settings: Settings, *, model_flag: bool) -> list[str]:
             has_gpu=has_nvidia_driver(),
             has_bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None,
         ),
+        fp8_problem(settings),
     ]
     return [problem for problem in found if problem]
 

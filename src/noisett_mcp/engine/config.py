@@ -25,6 +25,8 @@ class EngineConfig:
     max_loaded_styles: int
     model_cache_dir: Path
     demo_model_dir: Path
+    compile: Literal["auto", "on", "off"] = "off"  # the GPU fast path (engine/fast.py)
+    compile_cache_dir: Path | None = None
 
     @property
     def is_demo(self) -> bool:
@@ -42,4 +44,6 @@ class EngineConfig:
             max_loaded_styles=settings.max_loaded_styles,
             model_cache_dir=settings.resolved_model_cache_dir,
             demo_model_dir=settings.demo_model_dir,
+            compile=settings.compile,
+            compile_cache_dir=settings.compile_cache_dir,
         )

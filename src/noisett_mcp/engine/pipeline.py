@@ -25,11 +25,13 @@ from noisett_mcp.engine import img2img
 from noisett_mcp.engine.adapters import StyleAdapters
 from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.demo import MARKER, write_demo_model
+from noisett_mcp.engine.fast import speed_up
 from noisett_mcp.errors import BatchOutOfMemory, GenerationCancelled, ModelUnavailable
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.manifest import Style
 
 log = logging.getLogger(__name__)
+BITSANDBYTES = ("nf4", "int8")  # NOISETT_QUANTIZE modes loaded through bitsandbytes (fp8 is engine/fast.py)
 
 # Library progress bars and chatter would clutter the server's logs (and stdio belongs to MCP).
 diffusers.utils.logging.set_verbosity_error()
@@ -113,7 +115,7 @@ class Engine:
         the same setup on it: the first-light benchmark's full-size random-weight pipeline does."""
         self.config = config
         self.device = _device(config.device)
-        if config.quantize != "none" and not self.device.startswith("cuda"):
+        if config.quantize in BITSANDBYTES and not self.device.startswith("cuda"):
             # The CLI refuses this at start where it can see it; torch's own view can differ (no CUDA build).
             raise ModelUnavailable(
                 f"NOISETT_QUANTIZE={config.quantize} quantizes with bitsandbytes on a CUDA GPU, and torch "
@@ -123,6 +125,7 @@ class Engine:
         if pipe is None:
             check_reachable(config, self.device)
         self.pipe = self._place(pipe if pipe is not None else self._load())
+        self.fast = speed_up(self.pipe, config, self.device)
         self.styles = StyleAdapters(self.pipe, config.max_loaded_styles)
         # The images of one request in one pipeline call (generate_batch), or one after another.
         self.batching = config.batch == "on" or (config.batch == "auto" and self.device == "cpu")
@@ -146,7 +149,7 @@ class Engine:
         if not (folder / "text_encoder_4").is_dir():
             # The HiDream repos ship without Llama-3.1 (it is gated): load it and pass it in.
             kwargs.update(self._load_llama(cache_dir))
-        if config.quantize != "none":
+        if config.quantize in BITSANDBYTES:
             kwargs["quantization_config"] = diffusers.PipelineQuantizationConfig(
                 quant_backend="bitsandbytes_4bit" if config.quantize == "nf4" else "bitsandbytes_8bit",
                 quant_kwargs=self._bnb_kwargs(),
@@ -177,7 +180,7 @@ class Engine:
     def _load_llama(self, cache_dir: Path) -> dict[str, object]:
         name = self.config.llama_model
         extra: dict[str, object] = {}
-        if self.config.quantize != "none":
+        if self.config.quantize in BITSANDBYTES:
             extra["quantization_config"] = transformers.BitsAndBytesConfig(**self._bnb_kwargs())
         local = Path(name).is_dir()
         tokenizer = transformers.AutoTokenizer.from_pretrained(

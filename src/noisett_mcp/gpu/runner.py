@@ -266,7 +266,9 @@ class JobRunner:
             )
             self.telemetry.images_rendered(time.monotonic() - began, len(rendered), _labels(job))
             for index, image in zip(indices, rendered, strict=True):
-                record = finished_record(job, index, image.width, image.height, _versions())
+                record = finished_record(
+                    job, index, image.width, image.height, _versions(), batched=len(indices) > 1
+                )
                 fmt = images.FORMATS[job.spec.format]
                 data = await self._thread.run(images.encode, image, fmt.name, record.parameters())
                 async with job.records_lock:

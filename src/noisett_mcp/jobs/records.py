@@ -75,8 +75,10 @@ def image_record(job: Job, index: int) -> ImageRecord:
     )
 
 
-def finished_record(job: Job, index: int, width: int, height: int, versions: dict[str, str]) -> ImageRecord:
-    """The final record of a rendered image."""
+def finished_record(
+    job: Job, index: int, width: int, height: int, versions: dict[str, str], batched: bool = False
+) -> ImageRecord:
+    """The final record of a rendered image; `batched` when it shared its pipeline call with others."""
     return image_record(job, index).model_copy(
         update={
             "status": "done",
@@ -85,6 +87,7 @@ def finished_record(job: Job, index: int, width: int, height: int, versions: dic
             "height": height,
             "finished_at": now_iso(),
             "versions": versions,
+            "batched": batched,
         }
     )
 
