@@ -30,6 +30,7 @@ from noisett_mcp.schemas import (
     GenerationRequest,
     GenerationSpec,
     ImageInfo,
+    Status,
     StyleInfo,
     default_geometry,
     new_image_id,
@@ -253,13 +254,14 @@ class Noisett:
                 await self.queue.cancel(job)  # the client gave up on this request: stop its work
             raise
 
-    async def cancel(self, image_id: str, canceller: str, *, any_owner: bool = False) -> ImageView:
+    async def cancel(self, image_id: str, canceller: str, *, operator: bool = False) -> Status:
         """Cancel the job that makes `image_id`, all its images: a queued job leaves the line, a running
-        one stops at its next step. Only its owner may (or, with `any_owner`, an operator); to anyone
-        else the id reads as unknown. Returns where the image stands afterwards."""
+        one stops at its next step. Only its owner may, or an `operator` (a NOISETT_CANCEL_ROLES holder)
+        within their tenant, or any tenant with NOISETT_CANCEL_ROLES_SCOPE=all; to anyone else the id
+        reads as unknown. Returns the image's status afterwards: its state only, for an operator too."""
         check_image_id(image_id)
         record = await self.store.load_record(image_id)
-        if record is None or not (any_owner or record.owner == canceller):
+        if record is None or not self._may_cancel(record.owner, canceller, operator):
             raise ImageNotFound(image_id)
         if not record.finished:
             job = self._jobs.get(image_id)
@@ -270,7 +272,18 @@ class Noisett:
                         await job.done.wait()
             elif self.queue.durable:  # queued through another front: the worker reads the control record
                 await self.store.save_control(record.job_id, JobControl(cancel=True))
-        return await self.view(image_id, record.owner)
+        return (await self.view(image_id, record.owner)).info.status
+
+    def _may_cancel(self, owner: str, canceller: str, operator: bool) -> bool:
+        """Owners cancel their jobs; an operator those of their own tenant, or of all with scope `all`."""
+        if owner == canceller:
+            return True
+        if not operator:
+            return False
+        if self.settings.cancel_roles_scope == "all":
+            return True
+        tenant, _, user = owner.partition("/")
+        return bool(user) and canceller.startswith(f"{tenant}/")
 
     async def view(self, image_id: str, viewer: str = LOCAL_OWNER) -> ImageView:
         """Where an image stands, for `viewer` (an owner id); raise InvalidImageId or ImageNotFound.

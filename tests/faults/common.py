@@ -27,10 +27,10 @@ def auth_overrides(jwks: JwksServer) -> dict[str, Any]:
 class User:
     """One signed-in person: a token of their own, and their owner id as records store it."""
 
-    def __init__(self, key: SigningKey, **claims: Any) -> None:
+    def __init__(self, key: SigningKey, tenant: Tenant = TENANT, **claims: Any) -> None:
         self.oid = str(uuid.uuid4())
-        self.token = key.sign(TENANT.v2_claims(oid=self.oid, **claims))
-        self.owner = f"{TENANT.tenant_id}/{self.oid}".lower()
+        self.token = key.sign(tenant.v2_claims(oid=self.oid, **claims))
+        self.owner = f"{tenant.tenant_id}/{self.oid}".lower()
 
     @asynccontextmanager
     async def session(self, base: str) -> AsyncIterator[Client]:
