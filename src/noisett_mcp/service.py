@@ -174,12 +174,16 @@ class Noisett:
         count = len(spec.seeds)
         job = Job(id=new_image_id(), spec=spec, image_ids=[new_image_id() for _ in range(count)], owner=owner)
         job.source = source.data if source else None
-        await self.queue.ensure_room(job)  # QueueFull goes straight back to the caller
+        await self.queue.ensure_room(job)  # QueueFull goes straight back; a front reserves the slot
         # Shielded: a caller who goes away mid-submit must leave all of the job's records or none
         # (storage calls are bounded by NOISETT_STORAGE_DEADLINE_SECONDS, so this cannot hang).
         with anyio.CancelScope(shield=True):
             # Records first: once queued, a worker elsewhere may write them, and its writes must win.
-            await save_records(self.store, job)
+            try:
+                await save_records(self.store, job)
+            except BaseException:
+                job.finish("failed", "its records could not be saved")  # frees the reserved slot
+                raise
             try:
                 await self.queue.submit(job)
             except BaseException as exc:  # e.g. QueueFull from a racing submit: the records say so

@@ -11,6 +11,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from tests.azurite import Azurite, blob_settings
 from tests.jwks import JwksServer, SigningKey, Tenant
 
 TENANT = Tenant(str(uuid.uuid4()), str(uuid.uuid4()))
@@ -21,6 +22,19 @@ def auth_overrides(jwks: JwksServer) -> dict[str, Any]:
         "azure_ad_tenant_id": TENANT.tenant_id,
         "azure_ad_client_id": TENANT.client_id,
         "auth_jwks_url": jwks.url,
+    }
+
+
+def split_front_overrides(azurite: Azurite, jwks: JwksServer, max_queue_per_user: int) -> dict[str, Any]:
+    """A signed front on Azurite's blobs and a queue of its own (NOISETT_QUEUE=azure), with room for 8
+    jobs: no worker takes them, so they stay queued."""
+    return {
+        **blob_settings(azurite),
+        **auth_overrides(jwks),
+        "queue": "azure",
+        "queue_name": f"jobs-{uuid.uuid4().hex[:8]}",
+        "max_queue": 8,
+        "max_queue_per_user": max_queue_per_user,
     }
 
 
