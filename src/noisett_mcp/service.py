@@ -35,8 +35,7 @@ from noisett_mcp.schemas import (
     default_geometry,
     new_image_id,
 )
-from noisett_mcp.sources import Source
-from noisett_mcp.specs import resolve_spec
+from noisett_mcp.specs import resolve_spec, with_source
 from noisett_mcp.storage import (
     ImageStore,
     JobControl,
@@ -169,12 +168,20 @@ class Noisett:
         names one of the owner's images instead)."""
         if self.runner is not None and self.runner.unavailable is not None:
             raise self.runner.unavailable  # the model cannot load here: say so, do not queue
-        source = await self._source(request, source_image, owner)
-        spec = await self._resolve(request, source)
+        wants_source = sources.wanted(
+            request, given=source_image is not None, variant=self.settings.resolved_variant
+        )
+        spec = await self._resolve(request)
         count = len(spec.seeds)
         job = Job(id=new_image_id(), spec=spec, image_ids=[new_image_id() for _ in range(count)], owner=owner)
-        job.source = source.data if source else None
+        # Room first: a caller at the cap, or a full queue, is refused before any source is decoded.
         await self.queue.ensure_room(job)  # QueueFull goes straight back; a front reserves the slot
+        if wants_source:
+            try:
+                await self._add_source(job, request, source_image)
+            except BaseException:
+                job.finish("failed", "its source image was refused")  # frees a front's reserved slot
+                raise
         # Shielded: a caller who goes away mid-submit must leave all of the job's records or none
         # (storage calls are bounded by NOISETT_STORAGE_DEADLINE_SECONDS, so this cannot hang).
         with anyio.CancelScope(shield=True):
@@ -214,14 +221,13 @@ class Noisett:
         if self._tg is not None:  # a service never started runs no jobs, so none would settle
             self._tg.start_soon(forget)
 
-    async def _source(self, request: GenerationRequest, given: bytes | None, owner: str) -> Source | None:
-        """The checked source image of an image-to-image request, or None for text-to-image. A source
-        image id goes through the same owner check as get_image: a foreign one reads as unknown."""
-        if not sources.wanted(request, given=given is not None, variant=self.settings.resolved_variant):
-            return None
+    async def _add_source(self, job: Job, request: GenerationRequest, given: bytes | None) -> None:
+        """Check the image-to-image request's source (decoded once, in a worker thread) and add it to
+        the job. A source image id goes through the same owner check as get_image: a foreign one reads
+        as unknown. Where this process renders the job, the same decode fits it to the rendered size."""
         image_id = request.source_image_id
         if image_id is not None:
-            view = await self.view(image_id, owner)
+            view = await self.view(image_id, job.owner)
             if view.info.status != "done":
                 raise RequestError(
                     f"image {image_id} is {view.info.status}: only a finished image can be a source "
@@ -229,17 +235,20 @@ class Noisett:
                 )
             given = (await self.load_image(image_id)).data
         assert given is not None  # one of the two was set
-        return await anyio.to_thread.run_sync(sources.check, given, image_id)
+        fit_to = None if self.queue.durable else (job.spec.width, job.spec.height)
+        source = await anyio.to_thread.run_sync(sources.check, given, image_id, fit_to)
+        job.spec = with_source(job.spec, request, source)
+        job.source, job.fitted_source = source.data, source.fitted
 
-    async def _resolve(self, request: GenerationRequest, source: Source | None = None) -> GenerationSpec:
-        """The request with its style applied and every default filled in."""
+    async def _resolve(self, request: GenerationRequest) -> GenerationSpec:
+        """The request with its style applied and every default filled in (its source comes later)."""
         if not request.prompt.strip():
             raise RequestError("prompt is empty: describe the image to make, in 1 to 2000 characters")
         try:
             chosen = (await anyio.to_thread.run_sync(self.styles.refresh)).resolve(request.style)
         except LookupError as exc:
             raise RequestError(str(exc)) from exc
-        return resolve_spec(request, self.settings, chosen, self.render_geometry(), source)
+        return resolve_spec(request, self.settings, chosen, self.render_geometry())
 
     async def wait(self, job: Job, timeout: float, report: ProgressFn | None = None) -> None:
         """Wait up to `timeout` s for the job, reporting its queue position, then every denoising step.
