@@ -27,6 +27,10 @@ from noisett_mcp.schemas import IMAGE_TO_IMAGE_VARIANTS, GenerationRequest
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
 # Checked on the header, before decoding: a few KB of PNG can claim gigapixels (a decompression bomb).
 MAX_SOURCE_PIXELS = 40_000_000
+# A progressive JPEG has about 10 scans, and each scan costs a pass over the whole image: thousands of
+# them in a few hundred KB cost seconds per decode. Counted on the markers, before decoding.
+MAX_JPEG_SCANS = 100
+_START_OF_SCAN = b"\xff\xda"
 # Pixels decoded at once in this process, by all requests together: one source at the cap (about 120 MiB
 # as RGB), or several smaller ones.
 DECODE_BUDGET_PIXELS = MAX_SOURCE_PIXELS
@@ -186,7 +190,8 @@ def describe_fit(source: Source, width: int, height: int) -> str:
 
 
 def _open(data: bytes) -> Image.Image:
-    """Open the image and read its header only; refuse other formats and bombs before any decoding."""
+    """Open the image and read its header only; refuse other formats, bombs and JPEGs with too many
+    scans before any decoding."""
     try:
         image = Image.open(io.BytesIO(data), formats=SOURCE_FORMATS)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -199,6 +204,14 @@ def _open(data: bytes) -> Image.Image:
     if pixels > MAX_SOURCE_PIXELS:
         image.close()
         raise RequestError(_bomb((image.width, image.height)))
+    # Every scan starts with an SOS marker, and entropy-coded data never holds one (a 0xFF byte there is
+    # followed by 0x00 or a restart marker): the count is an upper bound of the scans libjpeg would run.
+    if image.format == "JPEG" and (scans := data.count(_START_OF_SCAN)) > MAX_JPEG_SCANS:
+        image.close()
+        raise RequestError(
+            f"the source JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are allowed (a progressive JPEG "
+            "has about 10, a baseline one 1): save it again as a baseline JPEG or a PNG"
+        )
     return image
 
 

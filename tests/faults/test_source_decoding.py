@@ -18,6 +18,7 @@ from PIL import Image
 
 from noisett_mcp import sources
 from noisett_mcp.config import Settings
+from noisett_mcp.errors import RequestError
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from tests.support import poll_until
@@ -118,3 +119,33 @@ def test_the_decode_budget_is_shared_by_every_decode_in_the_process() -> None:
     assert second_held == [30] and budget.in_use == 0 and budget.taken == 2
     with budget.hold(10_000):  # a decode larger than the whole budget holds all of it, alone
         assert budget.in_use == 100
+
+
+async def test_a_jpeg_with_thousands_of_scans_is_refused_before_it_is_decoded(
+    capped: tuple[Noisett, Client],
+) -> None:
+    service, client = capped
+    crafted, scans = many_scans_jpeg(300)
+    assert scans >= 3000 and len(crafted) < 3 * 2**20
+
+    decodes = sources.DECODES.taken
+    refused = await client.call_tool("generate_image", {**LONG, "source_image": b64(crafted)})
+    assert refused.is_error
+    text = refused.content[0].text
+    assert f"{scans} scans" in text and f"at most {sources.MAX_JPEG_SCANS}" in text, text
+    # Refused on the front, before any decode: nothing reached the queue or the engine thread.
+    assert sources.DECODES.taken == decodes
+    assert service.queue.running is None and service.queue.depth == 0
+    # A GPU worker that loads such a file from the store refuses it the same way, undecoded.
+    with pytest.raises(RequestError, match=f"{scans} scans"):
+        sources.fit(crafted, 64, 64)
+    assert sources.DECODES.taken == decodes
+
+    honest, honest_scans = many_scans_jpeg(1)  # a real progressive JPEG: about 10 scans
+    assert honest_scans < sources.MAX_JPEG_SCANS
+    made = await client.call_tool(
+        "generate_image", {"prompt": "from a progressive JPEG", "steps": 2, "source_image": b64(honest)}
+    )
+    assert not made.is_error, made.content
+    # Checked and fitted in one decode on the front; the runner used that fit, and decoded nothing.
+    assert sources.DECODES.taken == decodes + 1
