@@ -6,7 +6,7 @@
 - a queue hog: how many of user A's jobs start before user B's, when A has filled its share.
 Goals: every request under 2 s past the storage deadline; health within 10 s; RSS growth under 2% per
 1,000 calls once the first 1,000 have filled what rendering needs; B's job starts after at most one of
-A's jobs."""
+A's jobs. Hostile source images (issue 22): `benchmarks/source_attacks.py`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import httpx2
 from mcp import Client
 
 from benchmarks.common import demo_settings, report, serve_asgi
+from benchmarks.source_attacks import source_attacks
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
 from tests.azurite import Azurite, blob_settings, running_azurite
@@ -245,7 +246,7 @@ async def queue_hog() -> None:
 
 async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="noisett-bench-faults-"))
-    phases = os.environ.get("BENCH_FAULTS", "store,hog,leaks").split(",")
+    phases = os.environ.get("BENCH_FAULTS", "store,hog,leaks,sources,scans").split(",")
     if "store" in phases:
         with running_azurite() as azurite:
             await frozen_store(azurite)
@@ -253,6 +254,8 @@ async def main() -> None:
         await queue_hog()
     if "leaks" in phases:
         await abandoned_calls(tmp)
+    if "sources" in phases or "scans" in phases:  # issue 22, findings 3 and 4
+        await source_attacks(tmp, phases)
 
 
 if __name__ == "__main__":
