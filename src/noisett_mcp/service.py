@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 import anyio.lowlevel
@@ -79,6 +80,7 @@ class Noisett:
         self.telemetry.observe_queue(self.queue)
         self.calls = Calls(self.queue, self.store)  # the calls in flight, for a client's cancel
         self._jobs: dict[str, Job] = {}  # by image id, while this process knows the job
+        self._decoders = anyio.CapacityLimiter(sources.DECODE_THREADS)  # the threads sources decode on
         self._tg: TaskGroup | None = None
 
     # --- lifecycle ---
@@ -236,7 +238,8 @@ class Noisett:
             given = (await self.load_image(image_id)).data
         assert given is not None  # one of the two was set
         fit_to = None if self.queue.durable else (job.spec.width, job.spec.height)
-        source = await anyio.to_thread.run_sync(sources.check, given, image_id, fit_to)
+        check = partial(sources.check, given, image_id, fit_to)
+        source = await anyio.to_thread.run_sync(check, limiter=self._decoders)
         job.spec = with_source(job.spec, request, source)
         job.source, job.fitted_source = source.data, source.fitted
 

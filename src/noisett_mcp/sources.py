@@ -34,6 +34,9 @@ _START_OF_SCAN = b"\xff\xda"
 # Pixels decoded at once in this process, by all requests together: one source at the cap (about 120 MiB
 # as RGB), or several smaller ones.
 DECODE_BUDGET_PIXELS = MAX_SOURCE_PIXELS
+# Threads that a service (or a runner) lends to source decodes: a decode that waits for the budget then
+# waits in its caller's task, not in one of the threads anyio shares with every other blocking call.
+DECODE_THREADS = 2
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:image/[a-z]+;base64,", re.IGNORECASE)
 

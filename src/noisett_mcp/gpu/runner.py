@@ -66,6 +66,7 @@ class JobRunner:
         self._engine_lock = anyio.Lock()
         self._heap = HeapTrimmer()
         self._thread = EngineThread()  # the model load, renders, encodes: one thread (engine_thread)
+        self._decoders = anyio.CapacityLimiter(sources.DECODE_THREADS)  # source decodes, never the engine's
 
     # --- the engine ---
     def start_preload(self, task_group: TaskGroup) -> None:
@@ -220,7 +221,9 @@ class JobRunner:
         if data is None or hashlib.sha256(data).hexdigest() != spec.source_sha256:
             raise SourceUnavailable("its source image is no longer stored (it expired); send it again")
         # A worker thread, never the engine's: a decode must not hold other callers' jobs.
-        return await anyio.to_thread.run_sync(sources.fit, data, spec.width, spec.height)
+        return await anyio.to_thread.run_sync(
+            sources.fit, data, spec.width, spec.height, limiter=self._decoders
+        )
 
     async def _render(
         self, engine: Engine, job: Job, style: Style | None, source: Image.Image | None
