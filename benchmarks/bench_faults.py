@@ -8,7 +8,7 @@
   list_styles calls, when a manifest holds a key of 32,000 dotted parts.
 Goals: every request under 2 s past the storage deadline; health within 10 s; RSS growth under 2% per
 1,000 calls once the first 1,000 have filled what rendering needs; B's job starts after at most one of
-A's jobs."""
+A's jobs. Hostile source images (issue 22): `benchmarks/source_attacks.py`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import httpx2
 from mcp import Client
 
 from benchmarks.common import demo_settings, median, report, scaled, serve_asgi
+from benchmarks.source_attacks import source_attacks
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
 from tests.azurite import Azurite, blob_settings, running_azurite
@@ -296,7 +297,7 @@ def _peak_rss_mib() -> float:
 
 async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="noisett-bench-faults-"))
-    phases = os.environ.get("BENCH_FAULTS", "store,hog,leaks,manifest").split(",")
+    phases = os.environ.get("BENCH_FAULTS", "store,hog,leaks,manifest,sources,scans").split(",")
     if "store" in phases:
         with running_azurite() as azurite:
             await frozen_store(azurite)
@@ -306,6 +307,8 @@ async def main() -> None:
         await abandoned_calls(tmp)
     if "manifest" in phases:
         await hostile_manifest()
+    if "sources" in phases or "scans" in phases:  # issue 22, findings 3 and 4
+        await source_attacks(tmp, phases)
 
 
 if __name__ == "__main__":

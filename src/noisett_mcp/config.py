@@ -101,8 +101,13 @@ class Settings(BaseSettings):
     )
     cancel_roles: CommaList = Field(
         default_factory=list,
-        description="App roles whose holders may cancel anyone's job with cancel_image (operators); "
-        "everyone else may cancel only their own.",
+        description="App roles whose holders may cancel the jobs of anyone in their own tenant with "
+        "cancel_image (operators); everyone else may cancel only their own.",
+    )
+    cancel_roles_scope: Literal["tenant", "all"] = Field(
+        "tenant",
+        description="Whose jobs a NOISETT_CANCEL_ROLES holder may cancel: those of their own `tenant`, or "
+        "`all` tenants the server accepts (NOISETT_AUTH_TENANTS).",
     )
     heartbeat_seconds: float = Field(
         10.0,

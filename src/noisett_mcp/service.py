@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 import anyio.lowlevel
@@ -30,12 +31,12 @@ from noisett_mcp.schemas import (
     GenerationRequest,
     GenerationSpec,
     ImageInfo,
+    Status,
     StyleInfo,
     default_geometry,
     new_image_id,
 )
-from noisett_mcp.sources import Source
-from noisett_mcp.specs import resolve_spec
+from noisett_mcp.specs import resolve_spec, with_source
 from noisett_mcp.storage import (
     ImageStore,
     JobControl,
@@ -80,6 +81,7 @@ class Noisett:
         self.telemetry.observe_queue(self.queue)
         self.calls = Calls(self.queue, self.store)  # the calls in flight, for a client's cancel
         self._jobs: dict[str, Job] = {}  # by image id, while this process knows the job
+        self._decoders = anyio.CapacityLimiter(sources.DECODE_THREADS)  # the threads sources decode on
         self._tg: TaskGroup | None = None
 
     # --- lifecycle ---
@@ -175,17 +177,29 @@ class Noisett:
         names one of the owner's images instead)."""
         if self.runner is not None and self.runner.unavailable is not None:
             raise self.runner.unavailable  # the model cannot load here: say so, do not queue
-        source = await self._source(request, source_image, owner)
-        spec = await self._resolve(request, source)
+        wants_source = sources.wanted(
+            request, given=source_image is not None, variant=self.settings.resolved_variant
+        )
+        spec = await self._resolve(request)
         count = len(spec.seeds)
         job = Job(id=new_image_id(), spec=spec, image_ids=[new_image_id() for _ in range(count)], owner=owner)
-        job.source = source.data if source else None
-        await self.queue.ensure_room(job)  # QueueFull goes straight back to the caller
+        # Room first: a caller at the cap, or a full queue, is refused before any source is decoded.
+        await self.queue.ensure_room(job)  # QueueFull goes straight back; a front reserves the slot
+        if wants_source:
+            try:
+                await self._add_source(job, request, source_image)
+            except BaseException:
+                job.finish("failed", "its source image was refused")  # frees a front's reserved slot
+                raise
         # Shielded: a caller who goes away mid-submit must leave all of the job's records or none
         # (storage calls are bounded by NOISETT_STORAGE_DEADLINE_SECONDS, so this cannot hang).
         with anyio.CancelScope(shield=True):
             # Records first: once queued, a worker elsewhere may write them, and its writes must win.
-            await save_records(self.store, job)
+            try:
+                await save_records(self.store, job)
+            except BaseException:
+                job.finish("failed", "its records could not be saved")  # frees the reserved slot
+                raise
             try:
                 await self.queue.submit(job)
             except BaseException as exc:  # e.g. QueueFull from a racing submit: the records say so
@@ -216,14 +230,13 @@ class Noisett:
         if self._tg is not None:  # a service never started runs no jobs, so none would settle
             self._tg.start_soon(forget)
 
-    async def _source(self, request: GenerationRequest, given: bytes | None, owner: str) -> Source | None:
-        """The checked source image of an image-to-image request, or None for text-to-image. A source
-        image id goes through the same owner check as get_image: a foreign one reads as unknown."""
-        if not sources.wanted(request, given=given is not None, variant=self.settings.resolved_variant):
-            return None
+    async def _add_source(self, job: Job, request: GenerationRequest, given: bytes | None) -> None:
+        """Check the image-to-image request's source (decoded once, in a worker thread) and add it to
+        the job. A source image id goes through the same owner check as get_image: a foreign one reads
+        as unknown. Where this process renders the job, the same decode fits it to the rendered size."""
         image_id = request.source_image_id
         if image_id is not None:
-            view = await self.view(image_id, owner)
+            view = await self.view(image_id, job.owner)
             if view.info.status != "done":
                 raise RequestError(
                     f"image {image_id} is {view.info.status}: only a finished image can be a source "
@@ -231,17 +244,21 @@ class Noisett:
                 )
             given = (await self.load_image(image_id)).data
         assert given is not None  # one of the two was set
-        return await anyio.to_thread.run_sync(sources.check, given, image_id)
+        fit_to = None if self.queue.durable else (job.spec.width, job.spec.height)
+        check = partial(sources.check, given, image_id, fit_to)
+        source = await anyio.to_thread.run_sync(check, limiter=self._decoders)
+        job.spec = with_source(job.spec, request, source)
+        job.source, job.fitted_source = source.data, source.fitted
 
-    async def _resolve(self, request: GenerationRequest, source: Source | None = None) -> GenerationSpec:
-        """The request with its style applied and every default filled in."""
+    async def _resolve(self, request: GenerationRequest) -> GenerationSpec:
+        """The request with its style applied and every default filled in (its source comes later)."""
         if not request.prompt.strip():
             raise RequestError("prompt is empty: describe the image to make, in 1 to 2000 characters")
         try:
             chosen = (await anyio.to_thread.run_sync(self.styles.refresh)).resolve(request.style)
         except LookupError as exc:
             raise RequestError(str(exc)) from exc
-        return resolve_spec(request, self.settings, chosen, self.render_geometry(), source)
+        return resolve_spec(request, self.settings, chosen, self.render_geometry())
 
     async def wait(self, job: Job, timeout: float, report: ProgressFn | None = None) -> None:
         """Wait up to `timeout` s for the job, reporting its queue position, then every denoising step.
@@ -260,13 +277,14 @@ class Noisett:
                 await self.queue.cancel(job)  # the client gave up on this request: stop its work
             raise
 
-    async def cancel(self, image_id: str, canceller: str, *, any_owner: bool = False) -> ImageView:
+    async def cancel(self, image_id: str, canceller: str, *, operator: bool = False) -> Status:
         """Cancel the job that makes `image_id`, all its images: a queued job leaves the line, a running
-        one stops at its next step. Only its owner may (or, with `any_owner`, an operator); to anyone
-        else the id reads as unknown. Returns where the image stands afterwards."""
+        one stops at its next step. Only its owner may, or an `operator` (a NOISETT_CANCEL_ROLES holder)
+        within their tenant, or any tenant with NOISETT_CANCEL_ROLES_SCOPE=all; to anyone else the id
+        reads as unknown. Returns the image's status afterwards: its state only, for an operator too."""
         check_image_id(image_id)
         record = await self.store.load_record(image_id)
-        if record is None or not (any_owner or record.owner == canceller):
+        if record is None or not self._may_cancel(record.owner, canceller, operator):
             raise ImageNotFound(image_id)
         if not record.finished:
             job = self._jobs.get(image_id)
@@ -277,7 +295,18 @@ class Noisett:
                         await job.done.wait()
             elif self.queue.durable:  # queued through another front: the worker reads the control record
                 await self.store.save_control(record.job_id, JobControl(cancel=True))
-        return await self.view(image_id, record.owner)
+        return (await self.view(image_id, record.owner)).info.status
+
+    def _may_cancel(self, owner: str, canceller: str, operator: bool) -> bool:
+        """Owners cancel their jobs; an operator those of their own tenant, or of all with scope `all`."""
+        if owner == canceller:
+            return True
+        if not operator:
+            return False
+        if self.settings.cancel_roles_scope == "all":
+            return True
+        tenant, _, user = owner.partition("/")
+        return bool(user) and canceller.startswith(f"{tenant}/")
 
     async def view(self, image_id: str, viewer: str = LOCAL_OWNER) -> ImageView:
         """Where an image stands, for `viewer` (an owner id); raise InvalidImageId or ImageNotFound.

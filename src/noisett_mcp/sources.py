@@ -1,6 +1,9 @@
 """Source images for image-to-image: checked before anything decodes them, and fitted to the size the
-model renders. No torch here: the front checks a source before it queues the job, and the runner fits it
-(the same code on a GPU worker that loads the source from the store).
+model renders. No torch here: the front checks a source once the queue has room for its job, and the
+runner fits it (the same code on a GPU worker that loads the source from the store).
+
+Every decode in the process holds pixels of one budget (`DECODES`) while it runs, so that concurrent
+requests cannot each decode a large source at once: past the budget, a decode waits for the others.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import binascii
 import hashlib
 import io
 import re
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,8 +28,66 @@ from noisett_mcp.styles.files import UnsafeFile, read_capped, regular_file
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
 # Checked on the header, before decoding: a few KB of PNG can claim gigapixels (a decompression bomb).
 MAX_SOURCE_PIXELS = 40_000_000
+# A progressive JPEG has about 10 scans, and each scan costs a pass over the whole image: thousands of
+# them in a few hundred KB cost seconds per decode. Counted on the markers, before decoding.
+MAX_JPEG_SCANS = 100
+_START_OF_SCAN = b"\xff\xda"
+# Pixels decoded at once in this process, by all requests together: one source at the cap (about 120 MiB
+# as RGB), or several smaller ones.
+DECODE_BUDGET_PIXELS = MAX_SOURCE_PIXELS
+# Threads that a service (or a runner) lends to source decodes: a decode that waits for the budget then
+# waits in its caller's task, not in one of the threads anyio shares with every other blocking call.
+DECODE_THREADS = 2
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:image/[a-z]+;base64,", re.IGNORECASE)
+
+
+class DecodeBudget:
+    """Pixels that decodes may hold at once, shared by every thread of the process. A decode larger
+    than the whole budget holds all of it, alone. `taken`, `in_use` and `waiting` are read-only counts
+    for health and tests."""
+
+    def __init__(self, pixels: int) -> None:
+        self.pixels = pixels
+        self._free = pixels
+        self._taken = 0
+        self._waiting = 0
+        self._changed = threading.Condition()
+
+    @property
+    def taken(self) -> int:
+        """How many decodes have held the budget since the process started."""
+        return self._taken
+
+    @property
+    def in_use(self) -> int:
+        return self.pixels - self._free
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        """Hold `pixels` of the budget for a decode (in a worker thread: it may wait for others)."""
+        pixels = min(max(pixels, 1), self.pixels)
+        with self._changed:
+            self._waiting += 1
+            try:
+                self._changed.wait_for(lambda: self._free >= pixels)
+            finally:
+                self._waiting -= 1
+            self._free -= pixels
+            self._taken += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += pixels
+                self._changed.notify_all()
+
+
+DECODES = DecodeBudget(DECODE_BUDGET_PIXELS)
 
 
 @dataclass(frozen=True)
@@ -35,6 +99,8 @@ class Source:
     width: int
     height: int
     image_id: str | None = None  # when it is one of the caller's images
+    # Fitted to the rendered size from the same decode, when the runner of this process renders it.
+    fitted: Image.Image | None = field(default=None, repr=False, compare=False)
 
 
 def wanted(request: GenerationRequest, *, given: bool, variant: str) -> bool:
@@ -91,27 +157,35 @@ def from_path(text: str, what: str = "source_path") -> bytes:
     return data
 
 
-def check(data: bytes, image_id: str | None = None) -> Source:
-    """Check that the bytes are one PNG, JPEG or WebP image within the caps, and decode it once so that
-    a corrupt file is refused now rather than on the GPU. Raise RequestError otherwise."""
+def check(data: bytes, image_id: str | None = None, fit_to: tuple[int, int] | None = None) -> Source:
+    """Check that the bytes are one PNG, JPEG or WebP image within the caps, and decode it once (within
+    the process's decode budget) so that a corrupt file is refused now rather than on the GPU; with
+    `fit_to`, also fit it to that size from the same decode (`Source.fitted`). Raise RequestError."""
     if len(data) > MAX_SOURCE_BYTES:
         raise RequestError(_too_big("the source image", len(data)))
-    with _open(data) as image:
+    with _open(data) as image, DECODES.hold(image.width * image.height):
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:
             raise RequestError(
                 f"the source image is damaged or truncated ({exc}); send a complete file"
             ) from exc
-        width, height = ImageOps.exif_transpose(image).size
-    return Source(data, hashlib.sha256(data).hexdigest(), width, height, image_id)
+        upright = ImageOps.exif_transpose(image)
+        fitted = _fit(upright, *fit_to) if fit_to is not None else None
+        width, height = upright.size
+    return Source(data, hashlib.sha256(data).hexdigest(), width, height, image_id, fitted)
 
 
 def fit(data: bytes, width: int, height: int) -> Image.Image:
-    """The source upright, in RGB, scaled to cover width × height and centre-cropped to it."""
-    with _open(data) as image:
-        upright = ImageOps.exif_transpose(image).convert("RGB")
-    return ImageOps.fit(upright, (width, height), Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    """The source upright, in RGB, scaled to cover width × height and centre-cropped to it. Call it in a
+    worker thread: it decodes, within the process's decode budget."""
+    with _open(data) as image, DECODES.hold(image.width * image.height):
+        return _fit(ImageOps.exif_transpose(image), width, height)
+
+
+def _fit(upright: Image.Image, width: int, height: int) -> Image.Image:
+    rgb = upright.convert("RGB")
+    return ImageOps.fit(rgb, (width, height), Image.Resampling.LANCZOS, centering=(0.5, 0.5))
 
 
 def describe_fit(source: Source, width: int, height: int) -> str:
@@ -129,7 +203,8 @@ def describe_fit(source: Source, width: int, height: int) -> str:
 
 
 def _open(data: bytes) -> Image.Image:
-    """Open the image and read its header only; refuse other formats and bombs before any decoding."""
+    """Open the image and read its header only; refuse other formats, bombs and JPEGs with too many
+    scans before any decoding."""
     try:
         image = Image.open(io.BytesIO(data), formats=SOURCE_FORMATS)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -142,6 +217,14 @@ def _open(data: bytes) -> Image.Image:
     if pixels > MAX_SOURCE_PIXELS:
         image.close()
         raise RequestError(_bomb((image.width, image.height)))
+    # Every scan starts with an SOS marker, and entropy-coded data never holds one (a 0xFF byte there is
+    # followed by 0x00 or a restart marker): the count is an upper bound of the scans libjpeg would run.
+    if image.format == "JPEG" and (scans := data.count(_START_OF_SCAN)) > MAX_JPEG_SCANS:
+        image.close()
+        raise RequestError(
+            f"the source JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are allowed (a progressive JPEG "
+            "has about 10, a baseline one 1): save it again as a baseline JPEG or a PNG"
+        )
     return image
 
 

@@ -27,7 +27,8 @@ def resolve_spec(
     geometry: tuple[int, int],
     source: Source | None = None,
 ) -> GenerationSpec:
-    """`chosen` is the request's style (None for none); `geometry` the (side, multiple) rendered."""
+    """`chosen` is the request's style (None for none); `geometry` the (side, multiple) rendered; the
+    `source`, if given now, is the same as `with_source` later."""
     default_steps, default_guidance = VARIANT_DEFAULTS[settings.resolved_variant]
     steps, guidance = request.steps, request.guidance
     prompt, negative = request.prompt, request.negative_prompt
@@ -39,7 +40,7 @@ def resolve_spec(
         guidance = chosen.manifest.guidance if guidance is None else guidance
     first_seed = random.randrange(MAX_SEED + 1) if request.seed is None else request.seed
     width, height = rendered_size(request.aspect_ratio, *geometry)
-    return GenerationSpec(
+    spec = GenerationSpec(
         prompt=prompt,
         negative_prompt=negative,
         user_prompt=request.prompt,
@@ -56,10 +57,19 @@ def resolve_spec(
         format=request.format,
         model=settings.model,
         variant=settings.resolved_variant,
-        source_image_id=source.image_id if source else None,
-        source_sha256=source.sha256 if source else None,
-        strength=(DEFAULT_STRENGTH if request.strength is None else request.strength) if source else None,
-        source_fit=sources.describe_fit(source, width, height) if source else None,
+    )
+    return with_source(spec, request, source) if source is not None else spec
+
+
+def with_source(spec: GenerationSpec, request: GenerationRequest, source: Source) -> GenerationSpec:
+    """The spec of an image-to-image request, once its source is checked (the seeds stay drawn)."""
+    return spec.model_copy(
+        update={
+            "source_image_id": source.image_id,
+            "source_sha256": source.sha256,
+            "strength": DEFAULT_STRENGTH if request.strength is None else request.strength,
+            "source_fit": sources.describe_fit(source, spec.width, spec.height),
+        }
     )
 
 

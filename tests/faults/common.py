@@ -15,6 +15,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from tests.azurite import Azurite, blob_settings
 from tests.jwks import JwksServer, SigningKey, Tenant
 
 TENANT = Tenant(str(uuid.uuid4()), str(uuid.uuid4()))
@@ -28,13 +29,26 @@ def auth_overrides(jwks: JwksServer) -> dict[str, Any]:
     }
 
 
+def split_front_overrides(azurite: Azurite, jwks: JwksServer, max_queue_per_user: int) -> dict[str, Any]:
+    """A signed front on Azurite's blobs and a queue of its own (NOISETT_QUEUE=azure), with room for 8
+    jobs: no worker takes them, so they stay queued."""
+    return {
+        **blob_settings(azurite),
+        **auth_overrides(jwks),
+        "queue": "azure",
+        "queue_name": f"jobs-{uuid.uuid4().hex[:8]}",
+        "max_queue": 8,
+        "max_queue_per_user": max_queue_per_user,
+    }
+
+
 class User:
     """One signed-in person: a token of their own, and their owner id as records store it."""
 
-    def __init__(self, key: SigningKey, **claims: Any) -> None:
+    def __init__(self, key: SigningKey, tenant: Tenant = TENANT, **claims: Any) -> None:
         self.oid = str(uuid.uuid4())
-        self.token = key.sign(TENANT.v2_claims(oid=self.oid, **claims))
-        self.owner = f"{TENANT.tenant_id}/{self.oid}".lower()
+        self.token = key.sign(tenant.v2_claims(oid=self.oid, **claims))
+        self.owner = f"{tenant.tenant_id}/{self.oid}".lower()
 
     @asynccontextmanager
     async def session(self, base: str) -> AsyncIterator[Client]:

@@ -12,8 +12,8 @@ import pytest
 from noisett_mcp.config import Settings
 from noisett_mcp.http import create_app
 from noisett_mcp.service import Noisett
-from tests.azurite import blob_settings, running_azurite, skip_without_azurite
-from tests.faults.common import User, auth_overrides
+from tests.azurite import running_azurite, skip_without_azurite
+from tests.faults.common import User, auth_overrides, split_front_overrides
 from tests.jwks import JwksServer, SigningKey
 from tests.support import poll_until, serve_asgi
 
@@ -96,15 +96,7 @@ async def test_in_the_split_layout_the_front_enforces_the_per_user_limit(
     skip_without_azurite()
     a, b = User(key), User(key)
     with running_azurite(("blob", "queue")) as azurite:
-        settings = make_settings(
-            **blob_settings(azurite),
-            **auth_overrides(jwks),
-            queue="azure",
-            queue_name=f"jobs-{uuid.uuid4().hex[:8]}",
-            max_queue=8,
-            max_queue_per_user=2,
-        )
-        service = Noisett(settings)  # a front: no worker takes the jobs, so they stay queued
+        service = Noisett(make_settings(**split_front_overrides(azurite, jwks, max_queue_per_user=2)))
         async with serve_asgi(create_app(service)) as base, a.session(base) as alice, b.session(base) as bob:
             for _ in range(2):
                 assert not (await alice.call_tool("generate_image", LONG)).is_error

@@ -68,6 +68,7 @@ class JobRunner:
         self._heap = HeapTrimmer()
         self._thread = EngineThread()  # the model load, renders, encodes: one thread (engine_thread)
         self._gpu: GpuSampler | None = None
+        self._decoders = anyio.CapacityLimiter(sources.DECODE_THREADS)  # source decodes, never the engine's
 
     # --- the engine ---
     def start_preload(self, task_group: TaskGroup) -> None:
@@ -218,11 +219,14 @@ class JobRunner:
         return style
 
     async def _source(self, job: Job) -> Image.Image | None:
-        """An image-to-image job's source, fitted to the rendered size: from the job where it was
-        submitted here, else from the store (a GPU worker: by the source image's id, or by sha256)."""
+        """An image-to-image job's source, fitted to the rendered size: as the front fitted it where it
+        was submitted here, else decoded from the store (a GPU worker: by the source image's id, or by
+        sha256) in a worker thread, within the process's decode budget."""
         spec = job.spec
         if spec.source_sha256 is None:
             return None
+        if job.fitted_source is not None:  # checked and fitted in one decode when it was submitted here
+            return job.fitted_source
         data = job.source
         if data is None and spec.source_image_id is not None:
             stored = await self.store.load_image(spec.source_image_id)
@@ -231,7 +235,10 @@ class JobRunner:
             data = await self.store.load_source(spec.source_sha256)
         if data is None or hashlib.sha256(data).hexdigest() != spec.source_sha256:
             raise SourceUnavailable("its source image is no longer stored (it expired); send it again")
-        return await self._thread.run(sources.fit, data, spec.width, spec.height)
+        # A worker thread, never the engine's: a decode must not hold other callers' jobs.
+        return await anyio.to_thread.run_sync(
+            sources.fit, data, spec.width, spec.height, limiter=self._decoders
+        )
 
     async def _render(
         self, engine: Engine, job: Job, style: Style | None, source: Image.Image | None

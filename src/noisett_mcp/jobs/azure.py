@@ -9,9 +9,17 @@ is marked failed instead of looping forever.
 
 Fairness: a Storage queue hands out messages roughly in arrival order and cannot be reordered, so the
 front cannot interleave callers there. What it can do is cap each caller's share: a front refuses a
-caller who already has NOISETT_MAX_QUEUE_PER_USER jobs queued through it (each front counts its own
-callers' jobs; with N fronts a caller may hold up to N times the limit). So a job waits behind at most
+caller who already has NOISETT_MAX_QUEUE_PER_USER jobs queued through it. So a job waits behind at most
 that many jobs of any one other caller, in arrival order, not round-robin.
+
+What the caps guarantee:
+- Within one front the per-user cap is exact under any concurrency: `ensure_room` reserves the caller's
+  slot before its first await, and a reservation counts until the job is sent, fails or is given up.
+- The whole-queue cap (NOISETT_MAX_QUEUE) compares the Storage queue's approximate length plus this
+  front's reserved, not yet sent jobs: exact for one front, give or take Storage's approximation.
+- Across N fronts each counts only its own callers' jobs: a caller may hold up to N times the per-user
+  cap (one per front their requests reach), and the queue may pass NOISETT_MAX_QUEUE by the jobs other
+  fronts are sending at that moment. Nothing shared is locked per request.
 
 Cancelling is a record too: the front writes the job's `JobControl` (its own key, beside the image
 records), and the worker checks it while it renders.
@@ -114,6 +122,8 @@ class AzureJobQueue:
         self.length = 0
         self.oldest_age: float | None = None
         self._followed: dict[str, Job] = {}
+        # Jobs whose slot `ensure_room` reserved and that are not yet sent: they count against the caps.
+        self._reserved: dict[str, Job] = {}
         self._ready = False
 
     # --- JobQueue ---
@@ -130,27 +140,47 @@ class AzureJobQueue:
         return ()
 
     async def ensure_room(self, job: Job) -> None:
-        async with self._deadline("read the job queue"):
-            await self._ensure_ready()
-            properties = await self.client.get_queue_properties()
-        self.length = properties.approximate_message_count or 0
-        if self.length >= self.max_queue:
-            raise QueueFull(self.length, self.timer.estimate(self.length * job.total_steps))
+        """Reserve the job's slot, or raise UserQueueFull or QueueFull. The per-user check and the
+        reservation happen before the first await, so concurrent requests of one caller cannot all pass
+        it; the reservation ends when `submit` sends the job, or when the job finishes unsent (the
+        service marks a job it gives up on failed)."""
+        self._reserved = {key: j for key, j in self._reserved.items() if j.status == "queued"}
         limit = self.settings.max_queue_per_user
-        mine = [j for j in self._followed.values() if j.owner == job.owner and j.status == "queued"]
-        if len(mine) >= limit:
-            raise UserQueueFull(len(mine), limit, self.timer.estimate(self.length * job.total_steps))
+        mine = self._queued_of(job.owner)
+        if mine >= limit:
+            raise UserQueueFull(mine, limit, self.timer.estimate(self.length * job.total_steps))
+        self._reserved[job.id] = job
+        try:
+            async with self._deadline("read the job queue"):
+                await self._ensure_ready()
+                properties = await self.client.get_queue_properties()
+            self.length = properties.approximate_message_count or 0
+            sending = sum(1 for other in self._reserved.values() if other is not job)
+            if self.length + sending >= self.max_queue:
+                waiting = self.length + sending
+                raise QueueFull(waiting, self.timer.estimate(waiting * job.total_steps))
+        except BaseException:
+            del self._reserved[job.id]
+            raise
+
+    def _queued_of(self, owner: str) -> int:
+        """The owner's jobs queued through this front: followed ones, and those reserved but unsent."""
+        jobs = [*self._followed.values(), *self._reserved.values()]
+        return sum(1 for j in jobs if j.owner == owner and j.status == "queued")
 
     async def submit(self, job: Job) -> None:
-        spec = job.spec
-        if job.source is not None and spec.source_image_id is None and spec.source_sha256 is not None:
-            # A message holds 64 KiB: the source's bytes go to the store, and the worker loads them from
-            # there by sha256 (a source image of the caller's is already stored, under its id).
-            await self.store.save_source(spec.source_sha256, job.source)
-        async with self._deadline("queue the job"):
-            await self.client.send_message(JobMessage.of(job).encode())
-        self.length += 1
-        self._followed[job.id] = job
+        try:
+            spec = job.spec
+            if job.source is not None and spec.source_image_id is None and spec.source_sha256 is not None:
+                # A message holds 64 KiB: the source's bytes go to the store, and the worker loads them
+                # from there by sha256 (a source image of the caller's is already stored, under its id).
+                await self.store.save_source(spec.source_sha256, job.source)
+            async with self._deadline("queue the job"):
+                await self.client.send_message(JobMessage.of(job).encode())
+            self.length += 1
+            self._followed[job.id] = job
+        finally:
+            self._reserved.pop(job.id, None)
 
     async def cancel(self, job: Job) -> None:
         job.cancel_requested = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -21,6 +21,9 @@ from noisett_mcp.errors import ModelUnavailable
 from noisett_mcp.health import EngineHealth, EngineState
 from noisett_mcp.schemas import FINISHED, GenerationSpec, Status
 from noisett_mcp.storage.base import ImageStore
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass(eq=False)
@@ -44,6 +47,8 @@ class Job:
     # Image-to-image: the source's bytes, kept here for this process's runner (a queue message is too
     # small for them: a worker elsewhere loads them from the store).
     source: bytes | None = field(default=None, repr=False)
+    # The source fitted to the rendered size when it was checked here (decoded once, off the engine).
+    fitted_source: Image.Image | None = field(default=None, repr=False)
     done: anyio.Event = field(default_factory=anyio.Event)
     settled: anyio.Event = field(default_factory=anyio.Event)  # finished, and its final records saved
     # Serializes writes of the job's records: a progress write must never land after the final one.

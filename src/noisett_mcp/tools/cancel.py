@@ -1,6 +1,7 @@
 """`cancel_image`: stop a generation by any of its image ids, queued or running, here or on a GPU worker.
-Only the owner may, or a holder of an app role the operator names (NOISETT_CANCEL_ROLES); to anyone
-else an image id answers exactly as an unknown one does."""
+Only the owner may, or a holder of an app role the operator names (NOISETT_CANCEL_ROLES) within their own
+tenant (NOISETT_CANCEL_ROLES_SCOPE); to anyone else an image id answers exactly as an unknown one does.
+It answers with the job's state only, never the image's prompt, parameters or link."""
 
 # No `from __future__ import annotations` here: the SDK reads the signature at registration.
 
@@ -12,14 +13,18 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from noisett_mcp.auth.caller import current_caller
-from noisett_mcp.schemas import ImageInfo
+from noisett_mcp.schemas import FINISHED, Status
 from noisett_mcp.surface import Surface, surface
 from noisett_mcp.tools.get_image import ImageId
 from noisett_mcp.tools.results import result
 
 
 class CancelImageResult(BaseModel):
-    image: ImageInfo = Field(description="The image as it stands after the cancel.")
+    """The job's state after the cancel, and nothing of the image itself: an operator who cancels
+    someone else's job must not read their prompt, parameters or link (get_image is for the owner)."""
+
+    image_id: str = Field(description="The image id the cancel was asked for.")
+    status: Status = Field(description="The image's status now: queued, running, done, failed or cancelled.")
     cancelled: bool = Field(description="True once its job has stopped; false while it is still stopping.")
     message: str
 
@@ -48,13 +53,13 @@ async def cancel_image(
     Use it for jobs started with wait=false that are no longer wanted."""
     service = surface(ctx).service
     operator = bool(set(service.settings.cancel_roles) & caller_roles())
-    view = await service.cancel(image_id, current_caller().owner, any_owner=operator)
-    info = view.info
-    if info.status == "cancelled":
-        message = f"Image {info.id} is cancelled."
-    elif view.finished:
-        message = f"Image {info.id} was already {info.status}: nothing to cancel."
+    status = await service.cancel(image_id, current_caller().owner, operator=operator)
+    if status == "cancelled":
+        message = f"Image {image_id} is cancelled."
+    elif status in FINISHED:
+        message = f"Image {image_id} was already {status}: nothing to cancel."
     else:
-        message = f"Image {info.id} will stop at its next denoising step; get_image then says cancelled."
-    done = CancelImageResult(image=info, cancelled=info.status == "cancelled", message=message)
+        message = f"Image {image_id} will stop at its next denoising step; get_image then says cancelled."
+    cancelled = status == "cancelled"
+    done = CancelImageResult(image_id=image_id, status=status, cancelled=cancelled, message=message)
     return result(done, [TextContent(type="text", text=message)])
