@@ -14,7 +14,8 @@ NoisettError
 ├── StyleUnavailable      a style that exists but cannot be used right now (a download failed)
 ├── SourceUnavailable     an image-to-image job's source is gone from the store (it expired)
 ├── ImageToImageUnsupported  the model's scheduler cannot start from a source image
-└── ModelUnavailable      the model cannot load here (no CUDA for NOISETT_DEVICE, no hub and no cache)
+├── ModelUnavailable      the model cannot load here (no CUDA for NOISETT_DEVICE, no hub and no cache)
+└── ModelLoadFailed       this load failed (a damaged or missing file, storage hung): the next request retries
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ class ImageToImageUnsupported(NoisettError):
 
 class ModelUnavailable(NoisettError):
     """The model cannot be loaded in this process, whatever is asked: the message says what to use."""
+
+
+class ModelLoadFailed(NoisettError):
+    """This load of the model failed, naming the file and what is wrong; nothing half-loaded serves, and
+    the next request tries the load again (a file re-uploaded, storage back)."""
 
 
 AZURE_STORAGE_NEEDED = "set AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL"

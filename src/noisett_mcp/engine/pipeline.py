@@ -26,6 +26,7 @@ from noisett_mcp.engine import img2img
 from noisett_mcp.engine.adapters import StyleAdapters
 from noisett_mcp.engine.demo import MARKER, write_demo_model
 from noisett_mcp.errors import BatchOutOfMemory, GenerationCancelled, ModelUnavailable
+from noisett_mcp.load_stages import LoadStages
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.manifest import Style
 
@@ -108,15 +109,21 @@ class Engine:
     # Test hook: raised at the next denoising step, to exercise the real failure path of the worker.
     inject_failure: BaseException | None = None
 
-    def __init__(self, settings: Settings, pipe: HiDreamImagePipeline | None = None) -> None:
+    def __init__(
+        self, settings: Settings, pipe: HiDreamImagePipeline | None = None, stages: LoadStages | None = None
+    ) -> None:
         """Load `settings.model`; or, given `pipe` (components built elsewhere, in `engine_dtype`), run
-        the same setup on it: the first-light benchmark's full-size random-weight pipeline does."""
+        the same setup on it: the first-light benchmark's full-size random-weight pipeline does.
+        `stages` records the load's stages for /healthz and progress."""
         self.settings = settings
+        self.stages = stages if stages is not None else LoadStages(since_process_start=False)
         self.device = _device(settings.device)
         self.dtype = engine_dtype(self.device)
-        if pipe is None:
+        if pipe is None and not settings.blob_model:
             check_reachable(settings, self.device)
-        self.pipe = self._place(pipe if pipe is not None else self._load())
+        loaded = pipe if pipe is not None else self._load()
+        self.stages.begin("warm-up")
+        self.pipe = self._place(loaded)
         self.styles = StyleAdapters(self.pipe, settings.max_loaded_styles)
         # The images of one request in one pipeline call (generate_batch), or one after another.
         self.batching = settings.batch == "on" or (settings.batch == "auto" and self.device == "cpu")
@@ -134,6 +141,8 @@ class Engine:
         if settings.is_demo:
             source = str(write_demo_model(settings.demo_model_dir))
         folder = Path(source)
+        if settings.quantize == "none" and (settings.blob_model or folder.is_dir()):
+            return self._stream(folder)
         kwargs: dict[str, object] = {"dtype": self.dtype, "cache_dir": str(cache_dir)}
         if folder.is_dir():
             kwargs["local_files_only"] = True
@@ -149,6 +158,28 @@ class Engine:
         log.info("loading %s on %s (%s)", source, self.device, self.dtype)
         pipe = HiDreamImagePipeline.from_pretrained(source, **kwargs)
         marker = folder / MARKER
+        if marker.is_file():  # the demo model renders small images
+            pipe.default_sample_size = json.loads(marker.read_text())["sample_size"]
+        return pipe
+
+    def _stream(self, folder: Path) -> HiDreamImagePipeline:
+        """A local or Blob pipeline, streamed onto the device (engine/streaming.py); offload streams to
+        CPU memory, where its hooks keep the weights."""
+        from noisett_mcp.engine.streaming import stream_pipeline
+        from noisett_mcp.storage.model_files import open_model_files
+
+        files = open_model_files(self.settings, folder)
+        try:
+            files.check_pipeline()
+            given = {}
+            if "text_encoder_4/config.json" not in files.files:  # the HiDream repos ship without Llama
+                given = self._load_llama(self.settings.resolved_model_cache_dir)
+            target = self.device if self.settings.offload == "none" else "cpu"
+            log.info("streaming %s onto %s (%s)", files.location, target, self.dtype)
+            pipe = stream_pipeline(files, target, self.dtype, self.stages, given)
+        finally:
+            files.close()
+        marker = files.folder / MARKER
         if marker.is_file():  # the demo model renders small images
             pipe.default_sample_size = json.loads(marker.read_text())["sample_size"]
         return pipe

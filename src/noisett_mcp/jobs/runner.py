@@ -22,6 +22,7 @@ from noisett_mcp.errors import (
     BatchOutOfMemory,
     GenerationCancelled,
     ImageToImageUnsupported,
+    ModelLoadFailed,
     ModelUnavailable,
     SourceUnavailable,
     StyleRefused,
@@ -32,6 +33,7 @@ from noisett_mcp.heap import HeapTrimmer
 from noisett_mcp.jobs.base import Job
 from noisett_mcp.jobs.engine_thread import EngineThread
 from noisett_mcp.jobs.records import finished_record, save_records
+from noisett_mcp.load_stages import LoadStages
 from noisett_mcp.schemas import DEMO_RENDER_SIDE
 from noisett_mcp.storage.base import ImageStore
 from noisett_mcp.styles.catalog import StyleCatalog
@@ -61,6 +63,7 @@ class JobRunner:
         self.engine_state: EngineState = "idle"
         self.engine_error: str | None = None
         self.unavailable: ModelUnavailable | None = None  # set once: every later job fails with it
+        self.load_stages: LoadStages | None = None  # the running or last load's stages (/healthz)
         self._engine: Engine | None = None
         self._engine_lock = anyio.Lock()
         self._heap = HeapTrimmer()
@@ -81,13 +84,21 @@ class JobRunner:
         async with self._engine_lock:
             if self._engine is None:
                 self.engine_state, self.engine_error = "loading", None
+                stages = self.load_stages = LoadStages(since_process_start=self.load_stages is None)
                 try:
                     settings = await self._model_settings()
                     # Abandonable: a server whose client left exits at once, not when the load ends.
-                    self._engine = await self._thread.run(_load_engine, settings, abandon_on_cancel=True)
+                    self._engine = await self._thread.run(
+                        _load_engine, settings, stages, abandon_on_cancel=True
+                    )
                 except ModelUnavailable as exc:  # a user's error: one line, no traceback
                     self.engine_state, self.engine_error, self.unavailable = "error", str(exc), exc
                     log.error("%s", exc)
+                    raise
+                except ModelLoadFailed as exc:  # this load only: the next request tries again
+                    self.engine_state, self.engine_error = "error", str(exc)
+                    log.error("model load failed: %s", exc)
+                    self.telemetry.error("load", exc)
                     raise
                 except Exception as exc:
                     self.engine_state, self.engine_error = "error", f"{type(exc).__name__}: {exc}"
@@ -95,6 +106,7 @@ class JobRunner:
                     self.telemetry.error("load", exc)
                     raise
                 self.engine_state = "ready"
+                stages.finish()
                 log.info("model %s ready on %s", self.settings.model, self._engine.info.device)
             return self._engine
 
@@ -122,12 +134,19 @@ class JobRunner:
         }
         if self.engine_error:
             body["error"] = self.engine_error
+        if self.load_stages is not None:  # stage, bytes_loaded, bytes_total, seconds, stages
+            body["load"] = self.load_stages.snapshot()
         return body
+
+    def loading_text(self) -> str:
+        """generate_image's progress while the model loads: `loading the model: 31 of 58 GiB`."""
+        return self.load_stages.progress_text() if self.load_stages else "loading the model"
 
     async def _model_settings(self) -> Settings:
         """The settings the engine loads with: a `blob://CONTAINER/PREFIX` model is first synced to the
-        model cache (unchanged files skipped by size and ETag) and loaded from there."""
-        if not self.settings.blob_model:
+        model cache (unchanged files skipped by size and ETag) and loaded from there when it is to be
+        quantized as it loads; otherwise the engine streams it from Blob (engine/streaming.py)."""
+        if not self.settings.blob_model or self.settings.quantize == "none":
             return self.settings
         from noisett_mcp.storage.sync import sync_model
 
@@ -162,7 +181,13 @@ class JobRunner:
             log.warning("job %s: style refused: %s", job.id, exc)
             self.telemetry.job_failed(job, exc)
             job.finish("failed", f"style {job.spec.style!r} is refused: {exc}. The other styles still work.")
-        except (StyleUnavailable, SourceUnavailable, ImageToImageUnsupported, ModelUnavailable) as exc:
+        except (
+            StyleUnavailable,
+            SourceUnavailable,
+            ImageToImageUnsupported,
+            ModelUnavailable,
+            ModelLoadFailed,
+        ) as exc:
             job.finish("failed", str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.id)
@@ -272,11 +297,13 @@ def default_geometry(settings: Settings) -> tuple[int, int]:
 _LOADING = threading.Lock()
 
 
-def _load_engine(settings: Settings) -> Engine:
+def _load_engine(settings: Settings, stages: LoadStages) -> Engine:
+    stages.begin("imports", started=0.0)  # from process start (or the reload) to the engine imported
     from noisett_mcp.engine.pipeline import Engine  # torch is imported here, on the engine thread
 
+    stages.begin("settings")
     with _LOADING:
-        return Engine(settings)
+        return Engine(settings, stages=stages)
 
 
 def _versions() -> dict[str, str]:
