@@ -5,24 +5,18 @@ each in a fresh process, on the CPU, and records the figures each path reports."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import gpu_dry_run
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu" / "cold_start.py"
 
 
 @pytest.mark.slow
 def test_the_gpu_cold_start_dry_run_loads_through_both_paths_on_the_cpu(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    gpu_dry_run(SCRIPT, tmp_path)
     figures = json.loads((tmp_path / "cold_start.json").read_text())
     assert figures["device"] == "cpu" and figures["transformer_gib"] > 0
     assert set(figures["paths"]) == {"today", "streaming"} and "nf4" in figures["skipped"]

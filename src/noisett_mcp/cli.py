@@ -1,4 +1,4 @@
-"""Command line: `noisett-mcp serve | worker | generate | demo-model | styles`."""
+"""Command line: `noisett-mcp serve | worker | generate | demo-model | styles | model`."""
 
 from __future__ import annotations
 
@@ -143,6 +143,10 @@ def _parser() -> argparse.ArgumentParser:
         help="skip matching adapter keys against the model's transformer (that reads its weight names)",
     )
     check.set_defaults(run=_styles_check)
+
+    from noisett_mcp.commands import model
+
+    model.register(commands)
     return parser
 
 

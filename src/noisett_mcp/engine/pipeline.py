@@ -27,6 +27,7 @@ from noisett_mcp.engine.adapters import StyleAdapters
 from noisett_mcp.engine.demo import MARKER, write_demo_model
 from noisett_mcp.errors import BatchOutOfMemory, GenerationCancelled, ModelUnavailable
 from noisett_mcp.load_stages import LoadStages
+from noisett_mcp.model_manifest import MANIFEST, check_manifest
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.manifest import Style
 
@@ -143,6 +144,10 @@ class Engine:
         folder = Path(source)
         if settings.quantize == "none" and (settings.blob_model or folder.is_dir()):
             return self._stream(folder)
+        if (folder / MANIFEST).is_file():  # a prepared model (synced from Blob when quantized)
+            check_manifest(
+                (folder / MANIFEST).read_text(), settings, str(folder / MANIFEST), library_versions()
+            )
         kwargs: dict[str, object] = {"dtype": self.dtype, "cache_dir": str(cache_dir)}
         if folder.is_dir():
             kwargs["local_files_only"] = True
@@ -171,6 +176,9 @@ class Engine:
         files = open_model_files(self.settings, folder)
         try:
             files.check_pipeline()
+            if MANIFEST in files.files:
+                text = files.read_range(MANIFEST, 0, files.files[MANIFEST].size)
+                check_manifest(text, self.settings, files.where(MANIFEST), library_versions())
             given = {}
             if "text_encoder_4/config.json" not in files.files:  # the HiDream repos ship without Llama
                 given = self._load_llama(self.settings.resolved_model_cache_dir)
