@@ -23,6 +23,8 @@ from noisett_mcp.telemetry import configure_logging
 
 log = logging.getLogger("noisett_mcp")
 
+STDIO_IDLE_UNLOAD_SECONDS = 600.0
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
@@ -166,6 +168,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     telemetry.setup(settings)  # Azure Monitor when its connection string is set; otherwise nothing
+    if args.transport == "stdio" and settings.idle_unload_seconds is None:
+        settings.idle_unload_seconds = STDIO_IDLE_UNLOAD_SECONDS  # a desktop: a few images an hour
     service = Noisett(settings)
     if args.transport == "stdio":
         from noisett_mcp.server import build_server

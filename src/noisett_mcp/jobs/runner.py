@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EngineState = Literal["idle", "loading", "ready", "error"]
+EngineState = Literal["idle", "loading", "ready", "error", "unloaded"]
 
 
 class JobRunner:
@@ -68,12 +68,34 @@ class JobRunner:
         self._engine_lock = anyio.Lock()
         self._heap = HeapTrimmer()
         self._thread = EngineThread()  # the model load, renders, encodes: one thread (engine_thread)
+        self._last_used = time.monotonic()
+        self._jobs_running = 0
+        self._idle_unloading = False
 
     # --- the engine ---
     def start_preload(self, task_group: TaskGroup) -> None:
-        """Load the model in the background (idempotent)."""
+        """Load the model in the background (idempotent), and unload it when idle where asked."""
+        if self.settings.idle_unload_seconds and not self._idle_unloading:
+            self._idle_unloading = True
+            task_group.start_soon(self._unload_when_idle, self.settings.idle_unload_seconds)
         if self.settings.preload and self.engine_state == "idle":
             task_group.start_soon(self._preload)
+
+    async def _unload_when_idle(self, idle_seconds: float) -> None:
+        """Free the model (GPU memory above all) after `idle_seconds` without a job; the next job loads
+        it again, with the stages as its progress (NOISETT_IDLE_UNLOAD_SECONDS)."""
+        while True:
+            await anyio.sleep(min(idle_seconds / 4, 5.0))
+            idle = time.monotonic() - self._last_used
+            if self._engine is None or self._jobs_running or idle < idle_seconds:
+                continue
+            async with self._engine_lock:
+                engine, self._engine = self._engine, None
+                if engine is None:
+                    continue
+                self.engine_state = "unloaded"
+                await self._thread.run(_unload, engine)
+            log.info("model unloaded after %.0f s without a job (NOISETT_IDLE_UNLOAD_SECONDS)", idle)
 
     async def _preload(self) -> None:
         with contextlib.suppress(Exception):  # recorded in engine_state; generation reports it
@@ -123,6 +145,7 @@ class JobRunner:
     def health(self) -> dict[str, Any]:
         """The engine's part of /health: `loading` until the model is ready, `error` if it failed."""
         status = "loading" if self.engine_state in ("idle", "loading") else self.engine_state
+        status = "ready" if status == "unloaded" else status  # it serves: the next job loads it again
         device = self.device
         body: dict[str, Any] = {
             "status": status,
@@ -134,6 +157,8 @@ class JobRunner:
         }
         if self.engine_error:
             body["error"] = self.engine_error
+        if self.engine_state == "unloaded":
+            body["model_loaded"] = False
         if self.load_stages is not None:  # stage, bytes_loaded, bytes_total, seconds, stages
             body["load"] = self.load_stages.snapshot()
         return body
@@ -162,6 +187,7 @@ class JobRunner:
     async def execute(self, job: Job) -> None:
         """Run one job to the end. Never raises: a failure is recorded on the job, and the queue goes on."""
         style: Style | None = None
+        self._jobs_running += 1
         try:
             engine = await self.engine()
             if job.cancel_requested:
@@ -195,6 +221,9 @@ class JobRunner:
             job.finish("failed", describe_failure(exc))
             if self._engine is not None:
                 await self._thread.run(self._engine.free_memory)
+        finally:
+            self._jobs_running -= 1
+            self._last_used = time.monotonic()
         try:
             await save_records(self.store, job)
         finally:
@@ -304,6 +333,12 @@ def _load_engine(settings: Settings, stages: LoadStages) -> Engine:
     stages.begin("settings")
     with _LOADING:
         return Engine(settings, stages=stages)
+
+
+def _unload(engine: Engine) -> None:
+    """Drop the pipeline and give its memory back (on the engine thread, after the calls before it)."""
+    del engine.pipe, engine.styles  # the adapters hold the pipeline too
+    engine.free_memory()
 
 
 def _versions() -> dict[str, str]:
