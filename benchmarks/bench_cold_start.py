@@ -102,9 +102,13 @@ async def upload(folder: Path, conn: str, prefix: str) -> None:
 
 # --- the children: each loads once and prints one JSON line ---
 def child(path: str, conn: str, model: str, work: Path) -> dict[str, object]:
+    import diffusers  # noqa: F401  (the imports, timed apart from the load)
+
     from noisett_mcp.config import Settings
+    from noisett_mcp.engine import pipeline  # noqa: F401
     from noisett_mcp.load_stages import process_age
 
+    imported = process_age()
     settings = Settings(
         model=model,
         variant="fast",
@@ -132,10 +136,9 @@ def child(path: str, conn: str, model: str, work: Path) -> dict[str, object]:
             streamer.stream_files(shards)
             kept = dict(streamer.get_tensors())  # held, as a model would hold them
         assert kept
-    return {
-        "seconds": process_age(),
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    }
+    seconds = process_age()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"seconds": seconds, "load_seconds": seconds - imported, "peak_rss_gib": rss}
 
 
 def _today(settings: object, work: Path) -> None:
@@ -208,13 +211,18 @@ def main(quick: bool) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     today, streaming = results["today"]["seconds"], results["streaming"]["seconds"]
     ratio = float(streaming) / float(today)  # type: ignore[arg-type]
+    loads = {path: float(result["load_seconds"]) for path, result in results.items()}  # type: ignore[arg-type]
     rows = [("model", f"{size / GIB:.2f} GiB of safetensors, largest shard {largest / GIB:.2f} GiB")]
     for path, result in results.items():
         seconds, rss = float(result["seconds"]), float(result["peak_rss_gib"])  # type: ignore[arg-type]
         rows.append(
-            (path, f"{seconds:.2f} s to ready, {size / GIB / seconds:.2f} GiB/s, peak RSS {rss:.2f} GiB")
-        )
-    rows.append(("ratio streaming / today (from Blob)", f"{ratio:.2f}x"))
+            (path, f"{seconds:.2f} s to ready ({loads[path]:.2f} s after the imports, "
+             f"{size / GIB / loads[path]:.2f} GiB/s), peak RSS {rss:.2f} GiB")
+        )  # fmt: skip
+    load_ratio = loads["streaming"] / loads["today"]
+    rows.append(
+        ("ratio streaming / today (from Blob)", f"{ratio:.2f}x ({load_ratio:.2f}x after the imports)")
+    )
     rss_ok = float(results["streaming"]["peak_rss_gib"]) <= (size + largest) / GIB + 1.0  # type: ignore[arg-type]
     report(
         "cold start from Blob (Azurite), process start to ready",
