@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("noisett_mcp.load")
 
 GIB = 1024**3
 _IMPORTED = time.time()
@@ -51,6 +54,7 @@ class Stage:
     started: float  # seconds since process start
     seconds: float | None = None  # None while it runs
     bytes: int = 0
+    span: Any = None  # an OpenTelemetry span (a no-op one where telemetry is off)
 
     def as_dict(self) -> dict[str, Any]:
         gib_s = self.bytes / GIB / self.seconds if self.seconds and self.bytes else None
@@ -85,13 +89,17 @@ class LoadStages:
         with self._lock:
             now = self.now()
             self._end_running(now)
-            self.stages.append(Stage(name, now if started is None else started))
+            begun = now if started is None else started
+            start_ns = time.time_ns() - int((now - begun) * 1e9)
+            span = tracer.start_span(f"noisett.load {name}", start_time=start_ns)
+            self.stages.append(Stage(name, begun, span=span))
 
     def finish(self) -> None:
         """End the running stage, and mark the model ready."""
         self.begin("ready")
         with self._lock:
             self.stages[-1].seconds = 0.0
+            self.stages[-1].span.end()
         log.info("model ready %.1f s after %s", self.stages[-1].started, self._zero_name())
 
     def expect(self, total_bytes: int) -> None:
@@ -129,6 +137,8 @@ class LoadStages:
             return
         stage = self.stages[-1]
         stage.seconds = now - stage.started
+        stage.span.set_attribute("noisett.load.bytes", stage.bytes)
+        stage.span.end()
         rate = f", {stage.bytes / GIB / stage.seconds:.2f} GiB/s" if stage.bytes and stage.seconds else ""
         log.info(
             "cold start: %s took %.2f s (%.3f GiB%s)", stage.name, stage.seconds, stage.bytes / GIB, rate

@@ -42,7 +42,7 @@ from accelerate.utils import set_module_tensor_to_device
 from diffusers import HiDreamImagePipeline
 from safetensors import safe_open
 
-from noisett_mcp.errors import ModelLoadFailed
+from noisett_mcp.errors import ModelLoadFailed, ModelUnavailable
 from noisett_mcp.load_stages import LoadStages
 from noisett_mcp.storage.model_files import WEIGHTS_SUFFIX, ModelFiles
 
@@ -87,8 +87,25 @@ def stream_pipeline(
         shards = component_shards(files, name)
         if shards:
             stages.begin(f"component {name}")
-            given[name] = load_component(files, name, spec, shards, device, dtype, stages)
+            try:
+                given[name] = load_component(files, name, spec, shards, device, dtype, stages)
+            except torch.OutOfMemoryError as exc:
+                raise ModelUnavailable(_out_of_memory(name, files, device)) from exc
     return HiDreamImagePipeline.from_pretrained(files.folder, **given, dtype=dtype, local_files_only=True)
+
+
+def _out_of_memory(name: str, files: ModelFiles, device: str) -> str:
+    """How much memory the model needs, and which setting lowers it (the H200 first-light figures)."""
+    total = sum(f.size for f in files.files.values() if f.relative.endswith(WEIGHTS_SUFFIX)) / 2**30
+    free = ""
+    if device.startswith("cuda"):
+        available, capacity = torch.cuda.mem_get_info(torch.device(device))
+        free = f" ({available / 2**30:.1f} of {capacity / 2**30:.1f} GiB free)"
+    return (
+        f"not enough GPU memory on {device}{free} to load {name}: {files.location} holds {total:.1f} GiB of "
+        "weights, and HiDream-I1 in bf16 peaks at about 61 GiB at 1024². NOISETT_QUANTIZE=nf4 needs about "
+        "28 GiB; with NOISETT_OFFLOAD=model as well, about 12 GiB; NOISETT_OFFLOAD=sequential, less still"
+    )
 
 
 def component_shards(files: ModelFiles, name: str) -> list[str]:
