@@ -10,8 +10,8 @@ in a fresh process, one after the other:
 and, from the same files on local disk, the loaders the field offers: `from_pretrained` with
 `device_map`, our streaming loader on the folder, and the Run:ai streamer's read of the shards (where
 `runai-model-streamer` is installed). Each child reports seconds since its process started and its peak
-RSS. Goal (issue 23): streaming at most 0.5× today's time, peak RSS no more than the largest shard plus
-a bounded buffer above the model itself.
+RSS, once every weight has been read (`_touch`). Goal (issue 23): streaming at most 0.5× today's time,
+peak RSS no more than the largest shard plus a bounded buffer above the model itself.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from benchmarks.common import free_port, report
@@ -122,12 +124,13 @@ def child(path: str, conn: str, model: str, work: Path) -> dict[str, object]:
     elif path == "streaming":
         from noisett_mcp.engine.pipeline import Engine
 
-        Engine(settings)
+        _touch(Engine(settings).pipe.components.values())
     elif path == "device_map":
         import torch
         from diffusers import HiDreamImagePipeline
 
-        HiDreamImagePipeline.from_pretrained(model, dtype=torch.float32, device_map="cpu")
+        pipe = HiDreamImagePipeline.from_pretrained(model, dtype=torch.float32, device_map="cpu")
+        _touch(pipe.components.values())
     elif path == "runai":
         from runai_model_streamer import SafetensorsStreamer
 
@@ -135,7 +138,7 @@ def child(path: str, conn: str, model: str, work: Path) -> dict[str, object]:
         with SafetensorsStreamer() as streamer:
             streamer.stream_files(shards)
             kept = dict(streamer.get_tensors())  # held, as a model would hold them
-        assert kept
+        _touch(kept.values())
     seconds = process_age()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"seconds": seconds, "load_seconds": seconds - imported, "peak_rss_gib": rss}
@@ -158,7 +161,23 @@ def _today(settings: object, work: Path) -> None:
             await account.aclose()
 
     folder = anyio.run(sync)
-    HiDreamImagePipeline.from_pretrained(folder, dtype=torch.float32, local_files_only=True).to("cpu")
+    pipe = HiDreamImagePipeline.from_pretrained(folder, dtype=torch.float32, local_files_only=True).to("cpu")
+    _touch(pipe.components.values())
+
+
+def _touch(parts: Iterable[object]) -> None:
+    """Read every weight once: on a CPU, `.to("cpu")` leaves a memory-mapped file unread, where on a GPU
+    the copy reads it all. Ready means every byte in memory, as the first image needs them."""
+    import torch
+
+    total = 0.0
+    for part in parts:
+        if isinstance(part, torch.nn.Module):
+            tensors = list(part.parameters())
+        else:
+            tensors = [part] if isinstance(part, torch.Tensor) else []
+        total += sum(float(t.sum()) for t in tensors if t.is_floating_point())
+    assert math.isfinite(total), "a weight read as garbage"
 
 
 def run_child(path: str, conn: str, model: str) -> dict[str, object]:
