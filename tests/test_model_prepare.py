@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,3 +68,35 @@ async def test_a_prepared_demo_pipeline_round_trips_through_blob_and_is_checked_
         async with Noisett(wrong) as service:
             with pytest.raises(ModelUnavailable, match=refusal.replace("(", r"\(").replace(")", r"\)")):
                 await service.runner.engine()
+
+
+async def test_prepare_writes_a_separate_llama_in_so_that_it_streams_with_the_pipeline(
+    make_settings: Callable[..., Settings], model_cache: Path, tmp_path: Path
+) -> None:
+    source = write_demo_model(demo_model_folder(model_cache))
+    llama, bare = tmp_path / "llama", tmp_path / "hidream-without-llama"
+    shutil.copytree(source, bare, ignore=shutil.ignore_patterns("text_encoder_4", "tokenizer_4"))
+    index = json.loads((bare / "model_index.json").read_text())
+    index.pop("text_encoder_4"), index.pop("tokenizer_4")  # as the HiDream repos ship it
+    (bare / "model_index.json").write_text(json.dumps(index))
+    for part in ("text_encoder_4", "tokenizer_4"):  # as a Llama repo holds it: one folder
+        shutil.copytree(source / part, llama, dirs_exist_ok=True)
+    prepared = tmp_path / "prepared"
+    with pytest.raises(SystemExit) as done:
+        await anyio.to_thread.run_sync(
+            main, ["model", "prepare", str(bare), str(prepared), "--variant", "fast", "--llama", str(llama)]
+        )
+    assert done.value.code == 0
+
+    async with (
+        Noisett(make_settings(model=str(source), variant="fast")) as service,
+        Client(build_server(service)) as client,
+    ):
+        expected = await pixels(service, client)
+    async with (
+        Noisett(make_settings(model=str(prepared), variant="fast")) as service,
+        Client(build_server(service)) as client,
+    ):
+        assert await pixels(service, client) == expected
+        stages = [stage["name"] for stage in service.health()["load"]["stages"]]
+        assert "component text_encoder_4" in stages  # streamed, not loaded apart

@@ -38,6 +38,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("dest", help="blob://CONTAINER/PREFIX, or a local folder")
     prepare.add_argument("--quantize", choices=["none", "nf4"], default="none")
     prepare.add_argument("--variant", choices=["auto", "full", "dev", "fast"], default="auto")
+    prepare.add_argument(
+        "--llama",
+        type=Path,
+        help="a Llama-3.1 folder (the HiDream repos ship without it) to write in as text_encoder_4 and "
+        "tokenizer_4, so that it streams with the rest instead of loading apart",
+    )
     prepare.set_defaults(run=prepare_model)
 
 
@@ -58,6 +64,8 @@ def prepare_model(args: argparse.Namespace, settings: Settings) -> int:
         (Path(scratch) / MANIFEST).write_text(json.dumps(body, indent=1))
         files = {p.relative_to(source).as_posix(): p for p in sorted(source.rglob("*")) if p.is_file()}
         files[MANIFEST] = Path(scratch) / MANIFEST
+        if args.llama is not None:
+            files.update(_with_llama(args.llama, source, Path(scratch)))
         if args.dest.startswith(BLOB_MODEL_SCHEME):
             anyio.run(_upload, files, args.dest, settings)
         else:
@@ -73,6 +81,21 @@ def _source_folder(src: str, settings: Settings) -> Path | None:
         return write_demo_model(settings.demo_model_dir)
     folder = Path(src).expanduser()
     return folder if (folder / "model_index.json").is_file() else None
+
+
+def _with_llama(llama: Path, source: Path, scratch: Path) -> dict[str, Path]:
+    """Llama's files as the pipeline's text_encoder_4 and tokenizer_4, and a model_index.json naming them."""
+    files = {}
+    for path in sorted(p for p in llama.iterdir() if p.is_file()):
+        if path.name.startswith("tokenizer") or path.name == "special_tokens_map.json":
+            files[f"tokenizer_4/{path.name}"] = path
+        elif path.suffix in (".safetensors", ".json"):
+            files[f"text_encoder_4/{path.name}"] = path
+    index = json.loads((source / "model_index.json").read_text())
+    index["text_encoder_4"] = ["transformers", "LlamaForCausalLM"]
+    index["tokenizer_4"] = ["transformers", "PreTrainedTokenizerFast"]
+    (scratch / "model_index.json").write_text(json.dumps(index, indent=2))
+    return {**files, "model_index.json": scratch / "model_index.json"}
 
 
 def _ordered(files: dict[str, Path]) -> list[list[str]]:
