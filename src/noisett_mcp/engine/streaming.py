@@ -8,8 +8,14 @@ reads. There is no full copy of the model in CPU memory on the way.
   are views of that buffer until they are placed: host memory holds one shard at a time (HiDream's
   are at most 5 GiB), not the model.
 
-Why this and not the candidates (measured on this 2-core CPU machine, `python -m benchmarks.bench_cold_start`,
-numbers in the report and docs/deploy.md):
+Why this and not the candidates, measured on this project's 2-core CPU machine with a 2.96 GiB
+random-weight pipeline of HiDream's real width (`python -m benchmarks.bench_cold_start`, 2026-12-04;
+seconds after the imports until every weight is in memory):
+- from local disk, diffusers' `from_pretrained(device_map="cpu")` 2.65 s (1.12 GiB/s), this loader
+  2.83 s (1.04 GiB/s), the Run:ai streamer 20.4 s (0.14 GiB/s, its defaults on 2 cores);
+- from Blob (Azurite), today's sync-then-`from_pretrained` 37.8 s, this loader 35.9 s (0.95×): both
+  wait on Azurite (about 80 MB/s here), so the gain of skipping the disk copy does not show on a CPU;
+  peak RSS 3.77 GiB, within the model plus its largest shard (0.93 GiB).
 - diffusers/transformers `device_map=` loads straight to the device too, but only from a local
   folder: a Blob model would first need a full local copy (today's sync), which is the step to remove.
 - The Run:ai Model Streamer (`runai-model-streamer`) reads files with a native thread pool and yields
