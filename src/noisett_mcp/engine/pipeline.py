@@ -183,7 +183,7 @@ class Engine:
             if "text_encoder_4/config.json" not in files.files:  # the HiDream repos ship without Llama
                 given = self._load_llama(self.settings.resolved_model_cache_dir)
             target = self.device if self.settings.offload == "none" else "cpu"
-            log.info("streaming %s onto %s (%s)", files.location, target, self.dtype)
+            log.info("loading %s on %s (%s), streaming its weights", files.location, target, self.dtype)
             pipe = stream_pipeline(files, target, self.dtype, self.stages, given)
         finally:
             files.close()
