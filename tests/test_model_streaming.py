@@ -146,7 +146,10 @@ async def test_a_corrupt_header_a_missing_shard_and_a_prefix_without_a_pipeline_
         )
 
     error, health = await failed_load(at("corrupt"))
-    assert f"{SHARD} has a corrupt safetensors header" in error and health["error"] == error
+    assert (
+        f"{SHARD} has a corrupt safetensors header" in error
+        and health["error"] == f"ModelLoadFailed: {error}"
+    )
     error, _ = await failed_load(at("missing"))
     assert f"blob://{models}/missing/vae has a model config but no safetensors weights" in error
     error, _ = await failed_load(at("notes"))
@@ -175,7 +178,7 @@ async def test_hung_blob_storage_fails_the_load_within_the_deadline_and_the_next
                 await service.runner.engine()
             assert time.monotonic() - started < 30  # bounded: three tries of the deadline, not minutes
             assert "could not list the model's files" in str(caught.value)
-            assert service.health()["error"] == str(caught.value)
+            assert service.health()["error"] == f"ModelLoadFailed: {caught.value}"
         finally:
             own_azurite.thaw()
         await service.runner.engine()

@@ -90,8 +90,9 @@ class LoadStages:
             now = self.now()
             self._end_running(now)
             begun = now if started is None else started
-            start_ns = time.time_ns() - int((now - begun) * 1e9)
-            span = tracer.start_span(f"noisett.load {name}", start_time=start_ns)
+            # The span starts now even for a stage back-dated to the process start (imports): its true
+            # length is the `noisett.load.seconds` attribute.
+            span = tracer.start_span(f"noisett.load {name}")
             self.stages.append(Stage(name, begun, span=span))
 
     def finish(self) -> None:
@@ -137,7 +138,7 @@ class LoadStages:
             return
         stage = self.stages[-1]
         stage.seconds = now - stage.started
-        stage.span.set_attribute("noisett.load.bytes", stage.bytes)
+        stage.span.set_attributes({"noisett.load.bytes": stage.bytes, "noisett.load.seconds": stage.seconds})
         stage.span.end()
         rate = f", {stage.bytes / GIB / stage.seconds:.2f} GiB/s" if stage.bytes and stage.seconds else ""
         log.info(

@@ -118,7 +118,7 @@ class JobRunner:
                     log.error("%s", exc)
                     raise
                 except ModelLoadFailed as exc:  # this load only: the next request tries again
-                    self.engine_state, self.engine_error = "error", str(exc)
+                    self.engine_state, self.engine_error = "error", f"{type(exc).__name__}: {exc}"
                     log.error("model load failed: %s", exc)
                     self.telemetry.error("load", exc)
                     raise
@@ -212,8 +212,10 @@ class JobRunner:
             SourceUnavailable,
             ImageToImageUnsupported,
             ModelUnavailable,
-            ModelLoadFailed,
         ) as exc:
+            job.finish("failed", str(exc))
+        except ModelLoadFailed as exc:  # counted as the job's failure too; the next job loads again
+            self.telemetry.job_failed(job, exc)
             job.finish("failed", str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.id)
