@@ -165,7 +165,9 @@ class JobRunner:
 
     def loading_text(self) -> str:
         """generate_image's progress while the model loads: `loading the model: 31 of 58 GiB`."""
-        return self.load_stages.progress_text() if self.load_stages else "loading the model"
+        if self.engine_state == "loading" and self.load_stages is not None:
+            return self.load_stages.progress_text()
+        return "loading the model"
 
     async def _model_settings(self) -> Settings:
         """The settings the engine loads with: a `blob://CONTAINER/PREFIX` model is first synced to the
