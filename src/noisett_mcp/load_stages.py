@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opentelemetry import trace
-
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("noisett_mcp.load")
+
+try:
+    from opentelemetry import trace
+
+    tracer: Any = trace.get_tracer("noisett_mcp.load")
+except ImportError:  # the GPU benchmarks' machine carries the engine without OpenTelemetry
+    tracer = None
 
 GIB = 1024**3
 _IMPORTED = time.time()
@@ -92,7 +96,7 @@ class LoadStages:
             begun = now if started is None else started
             # The span starts now even for a stage back-dated to the process start (imports): its true
             # length is the `noisett.load.seconds` attribute.
-            span = tracer.start_span(f"noisett.load {name}")
+            span = tracer.start_span(f"noisett.load {name}") if tracer is not None else None
             self.stages.append(Stage(name, begun, span=span))
 
     def finish(self) -> None:
@@ -100,7 +104,8 @@ class LoadStages:
         self.begin("ready")
         with self._lock:
             self.stages[-1].seconds = 0.0
-            self.stages[-1].span.end()
+            if self.stages[-1].span is not None:
+                self.stages[-1].span.end()
         log.info("model ready %.1f s after %s", self.stages[-1].started, self._zero_name())
 
     def expect(self, total_bytes: int) -> None:
@@ -138,8 +143,11 @@ class LoadStages:
             return
         stage = self.stages[-1]
         stage.seconds = now - stage.started
-        stage.span.set_attributes({"noisett.load.bytes": stage.bytes, "noisett.load.seconds": stage.seconds})
-        stage.span.end()
+        if stage.span is not None:
+            stage.span.set_attributes(
+                {"noisett.load.bytes": stage.bytes, "noisett.load.seconds": stage.seconds}
+            )
+            stage.span.end()
         rate = f", {stage.bytes / GIB / stage.seconds:.2f} GiB/s" if stage.bytes and stage.seconds else ""
         log.info(
             "cold start: %s took %.2f s (%.3f GiB%s)", stage.name, stage.seconds, stage.bytes / GIB, rate

@@ -2,7 +2,8 @@
 as the streaming loader (`engine/streaming.py`) reads them: small files first, into a folder that
 `from_pretrained` can read for configs and tokenizers; then each safetensors shard by parallel ranged reads.
 
-Torch-free, and synchronous: it runs on the engine thread, with the Blob SDK's sync client (its own
+Torch-free, and the Azure SDK is imported only for a Blob model (a GPU benchmark reads a folder without
+it). Synchronous: it runs on the engine thread, with the Blob SDK's sync client (its own
 connection pool, signed in as the rest of storage is: the connection string, else the account URL with
 DefaultAzureCredential). Every request is bounded by NOISETT_STORAGE_DEADLINE_SECONDS and retried twice.
 
@@ -24,9 +25,7 @@ from typing import Any
 from noisett_mcp import __version__
 from noisett_mcp.config import Settings
 from noisett_mcp.errors import ModelLoadFailed, needs_azure_storage
-from noisett_mcp.storage.azure_account import describe_error
 from noisett_mcp.storage.local import atomic_write
-from noisett_mcp.storage.sync import _etag, _read_state, _safe_relative, _write_state, parse_blob_model
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +137,17 @@ class BlobModelFiles(ModelFiles):
     """A pipeline under `blob://CONTAINER/PREFIX`."""
 
     def __init__(self, settings: Settings) -> None:
+        from noisett_mcp.storage import sync
+
+        self._sync = sync  # its helpers: the blob name rules, the ETag state file
         self.settings = settings
-        self.container_name, self.prefix = parse_blob_model(settings.model)
+        self.container_name, self.prefix = sync.parse_blob_model(settings.model)
         self.location = settings.model
         self.caching = settings.model_cache_dir is not None
         base = settings.resolved_model_cache_dir if self.caching else settings.data_dir / "model-files"
         self.folder = base / "blob" / self.container_name / self.prefix.rstrip("/")
         self._state_path = self.folder.parent / f".{self.folder.name}.noisett-sync.json"
-        self._state: dict[str, dict[str, Any]] = _read_state(self._state_path) if self.caching else {}
+        self._state: dict[str, dict[str, Any]] = sync._read_state(self._state_path) if self.caching else {}
         self._client = _container_client(settings, self.container_name)
         self.files = self._guarded("list the model's files", self._list_blobs)
 
@@ -153,8 +155,8 @@ class BlobModelFiles(ModelFiles):
         files = {}
         for blob in self._client.list_blobs(name_starts_with=self.prefix):
             relative = blob.name[len(self.prefix) :]
-            if _safe_relative(relative) is not None:
-                files[relative] = ModelFile(relative, blob.size, _etag(blob.etag))
+            if self._sync._safe_relative(relative) is not None:
+                files[relative] = ModelFile(relative, blob.size, self._sync._etag(blob.etag))
         return files
 
     def check_pipeline(self) -> None:
@@ -231,7 +233,7 @@ class BlobModelFiles(ModelFiles):
         if self.caching:
             wanted = self.files[relative]
             self._state[relative] = {"etag": wanted.etag, "size": wanted.size}
-            _write_state(self._state_path, dict(self._state))
+            self._sync._write_state(self._state_path, dict(self._state))
 
     def close(self) -> None:
         self._client.close()
@@ -239,6 +241,8 @@ class BlobModelFiles(ModelFiles):
     def _guarded(self, what: str, call: Callable[[], Any]) -> Any:
         """`call()`, its storage failure turned into one line that names the model and what was read."""
         from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        from noisett_mcp.storage.azure_account import describe_error
 
         try:
             return call()
