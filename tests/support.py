@@ -181,3 +181,15 @@ async def served_process(
     started: list[subprocess.Popen[bytes]] = []
     async with cli_http_server(env, log_path, timeout, started) as base:
         yield started[0], base
+
+
+def gpu_dry_run(script: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """A benchmarks/gpu script's `--dry-run` (tiny shapes, on the CPU) into `out`; fail with its output."""
+    result = subprocess.run(
+        [sys.executable, str(script), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result

@@ -5,24 +5,18 @@ installed) on a tiny random-weight pipeline on the CPU, through the same code.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import gpu_dry_run
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu" / "first_light.py"
 
 
 @pytest.mark.slow
 def test_the_gpu_first_light_dry_run_measures_every_section_on_the_cpu(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    result = gpu_dry_run(SCRIPT, tmp_path)
     figures = json.loads((tmp_path / "first_light.json").read_text())
     assert figures["errors"] == []
     sections = figures["sections"]

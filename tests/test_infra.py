@@ -36,6 +36,7 @@ BICEP = ROOT / "infra" / "bicep"
 GPU_PROFILES = ["Consumption-GPU-NC8as-T4", "Consumption-GPU-NC24-A100", "NC24-A100"]
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 # Limits of Container Apps probes (the Microsoft.App REST specification).
 PROBE_LIMITS = {
     "failureThreshold": 10,
@@ -305,6 +306,11 @@ def test_the_identity_has_acr_pull_and_blob_data_contributor(main: BicepFile) ->
     assert storage_call.value["params"]["appPrincipalId"] == principal
     assignments = {a.name: a for a in storage.resources_of_type("Microsoft.Authorization/roleAssignments")}
     assert assignments["appAccess"].value["properties"]["principalId"] == Ref("appPrincipalId")
+    reader = assignments.pop("modelsReader")  # the weights: read-only, on the models container alone
+    assert _role_id(storage, reader) == BLOB_DATA_READER
+    assert reader.value["properties"]["principalId"] == Ref("appPrincipalId")
+    containers = storage.resolve(reader.value["scope"].target)
+    assert storage.variables["containerNames"].value[reader.value["scope"].index] == "models", containers
     for assignment in assignments.values():  # the app, and the operators who upload styles
         body = assignment.value.body if hasattr(assignment.value, "body") else assignment.value
         assert body["scope"] == Ref("account") and _role_id(storage, assignment) == BLOB_DATA_CONTRIBUTOR

@@ -147,8 +147,10 @@ param hfToken string = ''
 @description('Object ids of people or groups who may upload styles and weights (Storage Blob Data Contributor).')
 param operatorPrincipalIds array = []
 
-@description('Mount an Azure Files share at MODEL_CACHE_DIR (false: weights baked into the image).')
-param mountModelCache bool = true
+@description('''Mount an Azure Files share at MODEL_CACHE_DIR. Off by default: the replicas stream the weights from
+the models container (NOISETT_MODEL=blob://models/<prefix>) with no share; on for a hub model id, whose
+download the share keeps.''')
+param mountModelCache bool = false
 
 @description('Model-cache share tier: Standard (pay for what is stored) or Premium (provisioned, faster reads).')
 @allowed([

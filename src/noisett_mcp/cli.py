@@ -1,4 +1,5 @@
-"""Command line: `noisett-mcp serve | worker | generate | demo-model | styles check | styles train`."""
+"""Command line: `noisett-mcp serve | worker | generate | demo-model | styles check | styles train |
+model prepare`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from noisett_mcp.schemas import ASPECT_RATIOS, MAX_PROMPT_CHARS
 from noisett_mcp.telemetry import configure_logging
 
 log = logging.getLogger("noisett_mcp")
+
+STDIO_IDLE_UNLOAD_SECONDS = 600.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,6 +162,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(command_parser=check, run=styles_check)
     add_train_command(styles_commands)
+
+    from noisett_mcp.commands import model
+
+    model.register(commands)
     return parser
 
 
@@ -178,6 +185,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     telemetry.setup(settings)  # Azure Monitor when its connection string is set; otherwise nothing
+    if args.transport == "stdio" and settings.idle_unload_seconds is None:
+        settings.idle_unload_seconds = STDIO_IDLE_UNLOAD_SECONDS  # a desktop: a few images an hour
     service = Noisett(settings)
     if args.transport == "stdio":
         from noisett_mcp.commands.stdio import serve_stdio

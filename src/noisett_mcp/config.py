@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         "restart compiles in seconds; default: torch's own (in /tmp).",
     )
     preload: bool = Field(True, description="Load the model in the background after start.")
+    idle_unload_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="Free the model (and its GPU memory) after this many seconds without a job; the next "
+        "job loads it again. Unset: off on a server (HTTP, worker), 600 over stdio; 0: never.",
+    )
     batch: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Render a request's images in one pipeline call (`on`) or one after another (`off`); "

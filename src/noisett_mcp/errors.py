@@ -16,6 +16,7 @@ NoisettError
 ├── ImageToImageUnsupported  the model's scheduler cannot start from a source image
 ├── ModelUnavailable      the model cannot load here (no CUDA for NOISETT_DEVICE, no hub and no cache)
 │   └── AzureStorageNeeded  a `blob://` model, but no Azure storage is configured to fetch it from
+├── ModelLoadFailed       this load failed (a damaged or missing file, storage hung): the next request retries
 ├── UnsafeFile            a style file that is not read: a link out of the folder, not a regular file,
 │                         or too large (the catalog refuses its style with this reason)
 ├── TokenRejected         why an access token was refused: logged for the operator, never sent
@@ -140,6 +141,11 @@ class TokenRejected(NoisettError):
 
 class NoIdentity(NoisettError):
     """A verified token that names no principal the server can own images for; the message says why."""
+
+
+class ModelLoadFailed(NoisettError):
+    """This load of the model failed, naming the file and what is wrong; nothing half-loaded serves, and
+    the next request tries the load again (a file re-uploaded, storage back)."""
 
 
 AZURE_STORAGE_NEEDED = "set AZURE_STORAGE_CONNECTION_STRING or NOISETT_BLOB_ACCOUNT_URL"

@@ -14,23 +14,32 @@ from typing import Any, Literal
 from starlette.responses import JSONResponse
 
 from noisett_mcp import __version__
+from noisett_mcp.weights.stages import LoadProgress
 
-EngineState = Literal["idle", "loading", "ready", "error"]
+EngineState = Literal["idle", "loading", "ready", "error", "unloaded"]
 Status = Literal["loading", "ready", "error"]
 Role = Literal["standalone", "front", "worker"]
 
 
 @dataclass(frozen=True)
 class EngineHealth:
-    """The runner's part: `loading` until the model is ready, `error` if it failed."""
+    """The runner's part: `loading` until the model is ready, `error` if it failed. An idle-unloaded
+    model still serves (`ready`, `model_loaded` false): the next job loads it again."""
 
     status: Status
     device: str | None
     error: str | None = None
+    model_loaded: bool = True
+    load: LoadProgress | None = None
 
     @classmethod
-    def of(cls, state: EngineState, device: str | None, error: str | None) -> EngineHealth:
-        return cls("ready" if state == "ready" else "error" if state == "error" else "loading", device, error)
+    def of(
+        cls, state: EngineState, device: str | None, error: str | None, load: LoadProgress | None = None
+    ) -> EngineHealth:
+        status: Status = (
+            "ready" if state in ("ready", "unloaded") else "error" if state == "error" else "loading"
+        )
+        return cls(status, device, error, model_loaded=state != "unloaded", load=load)
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,13 @@ class HealthReport:
             device = self.engine.device
             body |= {"device": device, "gpu_available": device.startswith("cuda") if device else None}
         body["version"] = self.version
-        if self.engine is not None and self.engine.error:
-            body["error"] = self.engine.error
+        if self.engine is not None:
+            if self.engine.error:
+                body["error"] = self.engine.error
+            if not self.engine.model_loaded:
+                body["model_loaded"] = False
+            if self.engine.load is not None:
+                body["load"] = self.engine.load.body()
         body["role"] = self.role
         if self.role == "front" and self.queue is not None:
             body["oldest_job_age_seconds"] = self.queue.oldest_job_age_seconds

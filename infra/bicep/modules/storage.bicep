@@ -110,6 +110,21 @@ resource appAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
+// Built-in role: Storage Blob Data Reader, on the `models` container alone: what a GPU replica needs to
+// stream the weights (NOISETT_MODEL=blob://models/<prefix>). The Contributor role above covers it today;
+// this one stays when the app's write access is narrowed to the images container.
+var blobDataReaderRoleId = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
+
+resource modelsReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(account.id, appPrincipalId, blobDataReaderRoleId, 'models')
+  scope: containers[2]
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobDataReaderRoleId)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 resource operatorAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
   for principalId in operatorPrincipalIds: {
     name: guid(account.id, principalId, blobDataContributorRoleId)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from noisett_mcp.config import DEMO_MODEL, Offload, Quantize, Settings
+from noisett_mcp.weights.files import WeightsSource
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class EngineConfig:
     max_loaded_styles: int
     model_cache_dir: Path
     demo_model_dir: Path
+    weights: WeightsSource  # where the weights come from: a folder, or Blob with its account and cache
+    variant: str  # NOISETT_VARIANT, checked against a prepared model's manifest
     compile: Literal["auto", "on", "off"] = "off"  # the GPU fast path (engine/fast.py)
     compile_cache_dir: Path | None = None
 
@@ -44,6 +47,8 @@ class EngineConfig:
             max_loaded_styles=settings.max_loaded_styles,
             model_cache_dir=settings.resolved_model_cache_dir,
             demo_model_dir=settings.demo_model_dir,
+            weights=WeightsSource.from_settings(settings),
+            variant=settings.variant,
             compile=settings.compile,
             compile_cache_dir=settings.compile_cache_dir,
         )

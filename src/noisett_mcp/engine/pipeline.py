@@ -29,6 +29,8 @@ from noisett_mcp.engine.fast import speed_up
 from noisett_mcp.errors import BatchOutOfMemory, GenerationCancelled, ModelUnavailable
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.manifest import Style
+from noisett_mcp.weights.manifest import MANIFEST, check_manifest
+from noisett_mcp.weights.stages import LoadStages
 
 log = logging.getLogger(__name__)
 BITSANDBYTES = ("nf4", "int8")  # NOISETT_QUANTIZE modes loaded through bitsandbytes (fp8 is engine/fast.py)
@@ -110,10 +112,14 @@ class Engine:
     # Test hook: raised at the next denoising step, to exercise the real failure path of the worker.
     inject_failure: BaseException | None = None
 
-    def __init__(self, config: EngineConfig, pipe: HiDreamImagePipeline | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, pipe: HiDreamImagePipeline | None = None, stages: LoadStages | None = None
+    ) -> None:
         """Load `config.model`; or, given `pipe` (components built elsewhere, in `engine_dtype`), run
-        the same setup on it: the first-light benchmark's full-size random-weight pipeline does."""
+        the same setup on it: the first-light benchmark's full-size random-weight pipeline does.
+        `stages` records the load's stages for /healthz and progress."""
         self.config = config
+        self.stages = stages if stages is not None else LoadStages(since_process_start=False)
         self.device = _device(config.device)
         if config.quantize in BITSANDBYTES and not self.device.startswith("cuda"):
             # The CLI refuses this at start where it can see it; torch's own view can differ (no CUDA build).
@@ -122,9 +128,11 @@ class Engine:
                 f"runs on {self.device} here: set NOISETT_QUANTIZE=none"
             )
         self.dtype = engine_dtype(self.device)
-        if pipe is None:
+        if pipe is None and not config.weights.blob_model:
             check_reachable(config, self.device)
-        self.pipe = self._place(pipe if pipe is not None else self._load())
+        loaded = pipe if pipe is not None else self._load()
+        self.stages.begin("warm-up")
+        self.pipe = self._place(loaded)
         self.fast = speed_up(self.pipe, config, self.device)
         self.styles = StyleAdapters(self.pipe, config.max_loaded_styles)
         # The images of one request in one pipeline call (generate_batch), or one after another.
@@ -143,6 +151,10 @@ class Engine:
         if config.is_demo:
             source = str(write_demo_model(config.demo_model_dir))
         folder = Path(source)
+        if config.quantize == "none" and (config.weights.blob_model or folder.is_dir()):
+            return self._stream(folder)
+        if (folder / MANIFEST).is_file():  # a prepared model (synced from Blob when quantized)
+            self._check_manifest((folder / MANIFEST).read_text(), str(folder / MANIFEST))
         kwargs: dict[str, object] = {"dtype": self.dtype, "cache_dir": str(cache_dir)}
         if folder.is_dir():
             kwargs["local_files_only"] = True
@@ -161,6 +173,42 @@ class Engine:
         if marker.is_file():  # the demo model renders small images
             pipe.default_sample_size = json.loads(marker.read_text())["sample_size"]
         return pipe
+
+    def _stream(self, folder: Path) -> HiDreamImagePipeline:
+        """A local or Blob pipeline, streamed onto the device (engine/streaming.py); offload streams to
+        CPU memory, where its hooks keep the weights."""
+        from noisett_mcp.engine.streaming import stream_pipeline
+        from noisett_mcp.weights.files import open_model_files
+
+        files = open_model_files(self.config.weights, folder)
+        try:
+            files.check_pipeline()
+            if MANIFEST in files.files:
+                text = files.read_range(MANIFEST, 0, files.files[MANIFEST].size)
+                self._check_manifest(text, files.where(MANIFEST))
+            given = {}
+            if "text_encoder_4/config.json" not in files.files:  # the HiDream repos ship without Llama
+                given = self._load_llama(self.config.model_cache_dir)
+            target = self.device if self.config.offload == "none" else "cpu"
+            log.info("loading %s on %s (%s), streaming its weights", files.location, target, self.dtype)
+            pipe = stream_pipeline(files, target, self.dtype, self.stages, given)
+        finally:
+            files.close()
+        marker = files.folder / MARKER
+        if marker.is_file():  # the demo model renders small images
+            pipe.default_sample_size = json.loads(marker.read_text())["sample_size"]
+        return pipe
+
+    def _check_manifest(self, text: str | bytes, where: str) -> None:
+        config = self.config
+        check_manifest(
+            text,
+            quantize=config.quantize,
+            variant=config.variant,
+            model=config.weights.model,
+            where=where,
+            versions=library_versions(),
+        )
 
     def _place(self, pipe: HiDreamImagePipeline) -> HiDreamImagePipeline:
         if self.config.offload == "model":

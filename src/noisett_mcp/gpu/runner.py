@@ -25,6 +25,7 @@ from noisett_mcp.errors import (
     BatchOutOfMemory,
     GenerationCancelled,
     ImageToImageUnsupported,
+    ModelLoadFailed,
     ModelUnavailable,
     SourceUnavailable,
     StyleRefused,
@@ -41,6 +42,7 @@ from noisett_mcp.styles.catalog import StyleCatalog
 from noisett_mcp.styles.manifest import Style
 from noisett_mcp.telemetry import JobLabels, Telemetry
 from noisett_mcp.telemetry.gpu import GpuSampler
+from noisett_mcp.weights.stages import LoadStages
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -63,18 +65,41 @@ class JobRunner:
         self.engine_state: EngineState = "idle"
         self.engine_error: str | None = None
         self.unavailable: ModelUnavailable | None = None  # set once: every later job fails with it
+        self.load_stages: LoadStages | None = None  # the running or last load's stages (/healthz)
         self._engine: Engine | None = None
         self._engine_lock = anyio.Lock()
         self._heap = HeapTrimmer()
         self._thread = EngineThread()  # the model load, renders, encodes: one thread (engine_thread)
         self._gpu: GpuSampler | None = None
         self._decoders = anyio.CapacityLimiter(sources.DECODE_THREADS)  # source decodes, never the engine's
+        self._last_used = time.monotonic()
+        self._jobs_running = 0
+        self._idle_unloading = False
 
     # --- the engine ---
     def start_preload(self, task_group: TaskGroup) -> None:
-        """Load the model in the background (idempotent)."""
+        """Load the model in the background (idempotent), and unload it when idle where asked."""
+        if self.settings.idle_unload_seconds and not self._idle_unloading:
+            self._idle_unloading = True
+            task_group.start_soon(self._unload_when_idle, self.settings.idle_unload_seconds)
         if self.settings.preload and self.engine_state == "idle":
             task_group.start_soon(self._preload)
+
+    async def _unload_when_idle(self, idle_seconds: float) -> None:
+        """Free the model (GPU memory above all) after `idle_seconds` without a job; the next job loads
+        it again, with the stages as its progress (NOISETT_IDLE_UNLOAD_SECONDS)."""
+        while True:
+            await anyio.sleep(min(idle_seconds / 4, 5.0))
+            idle = time.monotonic() - self._last_used
+            if self._engine is None or self._jobs_running or idle < idle_seconds:
+                continue
+            async with self._engine_lock:
+                engine, self._engine = self._engine, None
+                if engine is None:
+                    continue
+                self.engine_state = "unloaded"
+                await self._thread.run(_unload, engine)
+            log.info("model unloaded after %.0f s without a job (NOISETT_IDLE_UNLOAD_SECONDS)", idle)
 
     async def _preload(self) -> None:
         with contextlib.suppress(Exception):  # recorded in engine_state; generation reports it
@@ -85,15 +110,21 @@ class JobRunner:
         async with self._engine_lock:
             if self._engine is None:
                 self.engine_state, self.engine_error = "loading", None
-                began = time.monotonic()
+                stages = self.load_stages = LoadStages(since_process_start=self.load_stages is None)
                 try:
-                    config = await self._engine_config()
-                    synced = time.monotonic()
+                    config = await self._engine_config(stages)
                     # Abandonable: a server whose client left exits at once, not when the load ends.
-                    self._engine = await self._thread.run(_load_engine, config, abandon_on_cancel=True)
+                    self._engine = await self._thread.run(
+                        _load_engine, config, stages, abandon_on_cancel=True
+                    )
                 except ModelUnavailable as exc:  # a user's error: one line, no traceback
                     self.engine_state, self.engine_error, self.unavailable = "error", str(exc), exc
                     log.error("%s", exc)
+                    raise
+                except ModelLoadFailed as exc:  # this load only: the next request tries again
+                    self.engine_state, self.engine_error = "error", f"{type(exc).__name__}: {exc}"
+                    log.error("model load failed: %s", exc)
+                    self.telemetry.error("load", exc)
                     raise
                 except Exception as exc:
                     self.engine_state, self.engine_error = "error", f"{type(exc).__name__}: {exc}"
@@ -101,9 +132,10 @@ class JobRunner:
                     self.telemetry.error("load", exc)
                     raise
                 self.engine_state = "ready"
+                stages.finish()
                 log.info("model %s ready on %s", self.settings.model, self._engine.info.device)
-                sync = [("sync", synced - began)] if self.settings.blob_model else []
-                self.telemetry.cold_start_ready([*sync, ("load", time.monotonic() - synced)])
+                if stages.since_process_start:  # the cold start; a reload after an idle unload is not one
+                    self.telemetry.cold_start_ready(stages.durations())
                 await self._watch_gpu(self._engine.info.device)
             return self._engine
 
@@ -125,26 +157,37 @@ class JobRunner:
 
     def health(self) -> EngineHealth:
         """The engine's part of /health: `loading` until the model is ready, `error` if it failed."""
-        return EngineHealth.of(self.engine_state, self.device, self.engine_error)
+        load = self.load_stages.snapshot() if self.load_stages is not None else None
+        return EngineHealth.of(self.engine_state, self.device, self.engine_error, load)
 
-    async def _engine_config(self) -> EngineConfig:
-        """What the engine loads with: a `blob://CONTAINER/PREFIX` model is first synced to the model
-        cache (unchanged files skipped by size and ETag) and loaded from there."""
+    def loading_text(self) -> str:
+        """generate_image's progress while the model loads: `loading the model: 31 of 58 GiB`."""
+        if self.engine_state == "loading" and self.load_stages is not None:
+            return self.load_stages.progress_text()
+        return "loading the model"
+
+    async def _engine_config(self, stages: LoadStages) -> EngineConfig:
+        """What the engine loads with: a `blob://CONTAINER/PREFIX` model to be quantized as it loads is
+        first synced to the model cache (unchanged files skipped by size and ETag) and loaded from there;
+        otherwise the engine streams it from Blob (engine/streaming.py)."""
         config = EngineConfig.from_settings(self.settings)
-        if not self.settings.blob_model:
+        if not self.settings.blob_model or self.settings.quantize == "none":
             return config
         from noisett_mcp.storage.sync import sync_model
 
         account = self.store.account
         if account is None:
             raise AzureStorageNeeded(f"NOISETT_MODEL={self.settings.model}")
+        stages.begin("sync")
         folder = await sync_model(account, self.settings)
-        return dataclasses.replace(config, model=str(folder))
+        weights = dataclasses.replace(config.weights, model=str(folder), blob_model=False)
+        return dataclasses.replace(config, model=str(folder), weights=weights)
 
     # --- jobs ---
     async def execute(self, job: Job) -> None:
         """Run one job to the end. Never raises: a failure is recorded on the job, and the queue goes on."""
         style: Style | None = None
+        self._jobs_running += 1
         try:
             engine = await self.engine()
             if job.cancel_requested:
@@ -171,7 +214,15 @@ class JobRunner:
             log.warning("job %s: style refused: %s", job.id, exc)
             self.telemetry.job_failed(job, _labels(job), exc)
             job.finish("failed", f"style {job.spec.style!r} is refused: {exc}. The other styles still work.")
-        except (StyleUnavailable, SourceUnavailable, ImageToImageUnsupported, ModelUnavailable) as exc:
+        except (
+            StyleUnavailable,
+            SourceUnavailable,
+            ImageToImageUnsupported,
+            ModelUnavailable,
+        ) as exc:
+            job.finish("failed", str(exc))
+        except ModelLoadFailed as exc:  # counted as the job's failure too; the next job loads again
+            self.telemetry.job_failed(job, _labels(job), exc)
             job.finish("failed", str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.id)
@@ -179,6 +230,9 @@ class JobRunner:
             job.finish("failed", describe_failure(exc))
             if self._engine is not None:
                 await self._thread.run(self._engine.free_memory)
+        finally:
+            self._jobs_running -= 1
+            self._last_used = time.monotonic()
         try:
             await save_records(self.store, job)
         finally:
@@ -292,11 +346,20 @@ class JobRunner:
 _LOADING = threading.Lock()
 
 
-def _load_engine(config: EngineConfig) -> Engine:
+def _load_engine(config: EngineConfig, stages: LoadStages) -> Engine:
+    # From process start (or the reload) to the engine imported; after a sync, from the sync's end.
+    stages.begin("imports", started=None if stages.stages else 0.0)
     from noisett_mcp.engine.pipeline import Engine  # torch is imported here, on the engine thread
 
+    stages.begin("settings")
     with _LOADING:
-        return Engine(config)
+        return Engine(config, stages=stages)
+
+
+def _unload(engine: Engine) -> None:
+    """Drop the pipeline and give its memory back (on the engine thread, after the calls before it)."""
+    del engine.pipe, engine.styles  # the adapters hold the pipeline too
+    engine.free_memory()
 
 
 def _versions() -> dict[str, str]:

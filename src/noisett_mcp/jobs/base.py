@@ -115,6 +115,9 @@ class Runner(Protocol):
     def health(self) -> EngineHealth:
         """The engine's part of /health."""
 
+    def loading_text(self) -> str:
+        """The progress message while the model loads: `loading the model: 31 of 58 GiB`."""
+
     def start_preload(self, task_group: TaskGroup) -> None:
         """Load the model in the background (idempotent)."""
 

@@ -39,7 +39,8 @@ class ProgressReporter:
         if position is not None:
             return f"queued, {position} ahead" if position else "queued, next"
         runner = self.queue.runner
-        return "loading the model" if runner and runner.engine_state == "loading" else "starting"
+        loading = runner is not None and runner.engine_state in ("loading", "unloaded")
+        return runner.loading_text() if runner and loading else "starting"
 
     def next_step(self, reported: int) -> int:
         """The image-step count after the next denoising step: a step of a batch of k advances it by k."""
