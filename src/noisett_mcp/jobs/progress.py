@@ -39,7 +39,9 @@ class ProgressReporter:
         if position is not None:
             return f"queued, {position} ahead" if position else "queued, next"
         runner = self.queue.runner
-        loading = runner is not None and runner.engine_state in ("loading", "unloaded")
+        # Out of the line and no model yet (not loaded, loading, or unloaded when idle): the job waits for
+        # the load, whether or not it has begun by this poll.
+        loading = runner is not None and runner.engine_state in ("idle", "loading", "unloaded")
         return runner.loading_text() if runner and loading else "starting"
 
     def next_step(self, reported: int) -> int:
