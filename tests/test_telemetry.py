@@ -229,6 +229,9 @@ def _ingestion_app(received: list[dict[str, Any]]) -> Starlette:
     return Starlette(routes=[Route("/{path:path}", track, methods=["POST"])])
 
 
+BURST = 20  # traced calls in a row
+
+
 def _envelopes(received: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [item["data"]["baseData"] for item in received if item.get("data", {}).get("baseType") == kind]
 
@@ -261,6 +264,10 @@ async def test_connection_string_switches_on_azure_monitor_export(settings: Sett
             try:
                 await wait_healthy(base, timeout=60)
                 async with Client(f"{base}/mcp") as client:
+                    # A burst of calls, more than the distro's default sampler keeps (about 5 traces a
+                    # second): every one of them must still be traced.
+                    for _ in range(BURST):
+                        await client.call_tool("list_styles", {})
                     result = await client.call_tool("generate_image", {"prompt": "exported", "steps": 2})
                 assert not result.is_error
             finally:
@@ -294,8 +301,9 @@ async def test_connection_string_switches_on_azure_monitor_export(settings: Sett
     } <= metric_names
     assert not {metric.name for metric in GPU_METRICS} & metric_names  # no GPU here: absent, not zero
     dependencies = {data["name"] for data in _envelopes(received, "RemoteDependencyData")}
-    requests = {data["name"] for data in _envelopes(received, "RequestData")}
-    assert "noisett.generate" in dependencies and "tools/call generate_image" in requests
+    requests = [data["name"] for data in _envelopes(received, "RequestData")]
+    assert "noisett.generate" in dependencies, sorted(dependencies)
+    assert "tools/call generate_image" in requests and requests.count("tools/call list_styles") == BURST
     messages = [data["message"] for data in _envelopes(received, "MessageData")]
     assert any("Azure Monitor" in message for message in messages)  # our logs go to Application Insights
     assert IKEY not in log_text and json.loads(log_text.splitlines()[0])["logger"]  # console: JSON, no key

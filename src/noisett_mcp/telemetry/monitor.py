@@ -38,11 +38,16 @@ def setup(settings: Settings) -> bool:
         attributes["service.name"] = SERVICE_NAME
     for chatty in ("azure.monitor.opentelemetry", "azure.core.pipeline.policies.http_logging_policy"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    # The distro's default sampler keeps about 5 traces a second: the burst of spans at a cold start and the
+    # MCP handshake use that up and drop the first generation's trace at random. Generations are few and
+    # seconds long, so keep every trace unless the operator picks a sampler (OTEL_TRACES_SAMPLER).
+    sampling = {} if os.environ.get("OTEL_TRACES_SAMPLER") else {"sampling_ratio": 1.0}
     configure_azure_monitor(
         connection_string=secret.get_secret_value(),
         # Only our own logs go to Application Insights; everything still reaches the console (Log Analytics).
         logger_name=SCOPE,
         resource=Resource.create(attributes),
+        **sampling,
     )
     # Container Apps stops a replica with SIGTERM, and uvicorn re-raises it after its graceful shutdown:
     # with the default action the process would die before the exporters' atexit flush. Exit normally.
