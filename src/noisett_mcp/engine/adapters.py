@@ -2,6 +2,16 @@
 includes its weights' sha256, so changed weights load fresh) and a run switches to it with
 `set_adapters`, which costs about a millisecond. The base style runs with LoRA disabled.
 
+With compiled blocks (engine/fast.py) each such state of the adapters would be a graph of its own, compiled
+on a user's first image of a style. So a compiled engine opens one adapter slot before it compiles: a
+zero LoRA of rank SLOT_RANK on the attention projections (LORA_TARGETS), which every style is copied into
+in place (its own scaling and the request's strength folded into B, the rest of the rank zero). The
+graphs compiled at load then serve every style and the base (all zeros, exactly the base image). We copy
+ourselves rather than use diffusers' `hotswap=True`, which needs every style's LoRA config to match the
+first one's and deletes the adapter when a swap fails. A style the slot cannot hold (a higher rank,
+other modules, DoRA, per-module alphas) loads as its own adapter, as without compile, and its first image
+compiles.
+
 Only the generation worker calls this, between runs: nothing here is thread-safe on its own.
 """
 
@@ -12,14 +22,21 @@ import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from diffusers import HiDreamImagePipeline
 
+from noisett_mcp.engine.demo import LORA_TARGETS
 from noisett_mcp.errors import StyleRefused
 from noisett_mcp.styles.manifest import Style, check_modules
 
 log = logging.getLogger(__name__)
+
+SLOT = "noisett_slot"
+# The slot's rank: styles up to it switch without compiling. HiDream LoRAs are mostly trained at 16 to 64
+# (`styles train` defaults to 16); the padding costs a rank-64 LoRA on the attention projections.
+SLOT_RANK = 64
 
 
 @contextlib.contextmanager
@@ -43,6 +60,29 @@ class StyleAdapters:
         self.max_loaded = max_loaded
         self.model_modules = frozenset(name for name, _ in pipe.transformer.named_modules())
         self._loaded: OrderedDict[str, Style] = OrderedDict()  # least recently used first
+        self._slot: dict[str, Any] | None = None  # module name → its peft LoRA layer
+        self._slot_holds: tuple[str, float] | None = None  # (sha256, strength) copied in; None: zeros
+        self._slot_active = True  # False while a style outside the slot runs
+        self._unfit: dict[str, str] = {}  # sha256 → why the slot cannot hold it
+
+    def open_slot(self) -> int:
+        """Add the zero adapter slot (before the blocks compile); return the modules it adapts."""
+        transformer = self.pipe.transformer
+        zeros: dict[str, torch.Tensor] = {}
+        for name, module in transformer.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS:
+                weight = module.weight
+                shape_a, shape_b = (SLOT_RANK, module.in_features), (module.out_features, SLOT_RANK)
+                zeros[f"transformer.{name}.lora_A.weight"] = weight.new_zeros(shape_a)
+                zeros[f"transformer.{name}.lora_B.weight"] = weight.new_zeros(shape_b)
+        with _expected_peft_warnings():
+            self.pipe.load_lora_weights(zeros, adapter_name=SLOT)  # rank = alpha: scaling 1
+        self._slot = {
+            name: module
+            for name, module in transformer.named_modules()
+            if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict) and SLOT in module.lora_A
+        }
+        return len(self._slot)
 
     @property
     def loaded(self) -> dict[str, str]:
@@ -52,6 +92,9 @@ class StyleAdapters:
     def activate(self, style: Style | None, strength: float) -> None:
         """Make the next run use `style` at `strength` and nothing else; None or 0 runs the base model.
         Raise StyleRefused if the adapter cannot be used."""
+        if self._slot is not None and (style is None or strength == 0 or self._fits_slot(style)):
+            self._fill_slot(style if strength else None, strength)
+            return
         if style is None or strength == 0:
             if self._loaded:
                 self.pipe.disable_lora()
@@ -59,6 +102,42 @@ class StyleAdapters:
         name = self._ensure_loaded(style)
         self.pipe.enable_lora()
         self.pipe.set_adapters([name], [strength])
+        self._slot_active = False
+
+    # --- the compiled engine's slot ---
+    def _fits_slot(self, style: Style) -> bool:
+        assert self._slot is not None and style.sha256 is not None
+        if style.sha256 not in self._unfit:
+            self._unfit[style.sha256] = _slot_misfit(style, frozenset(self._slot))
+            if self._unfit[style.sha256]:
+                log.warning(
+                    "style %s runs as its own adapter, and its first image compiles: %s",
+                    style.name,
+                    self._unfit[style.sha256],
+                )
+        return not self._unfit[style.sha256]
+
+    def _fill_slot(self, style: Style | None, strength: float) -> None:
+        """Copy `style` at `strength` into the slot (None: zeros), unless it holds that already."""
+        assert self._slot is not None
+        if not self._slot_active:  # back from a style outside the slot
+            self.pipe.enable_lora()
+            self.pipe.set_adapters([SLOT], [1.0])
+            self._slot_active = True
+        wanted = (style.sha256 or "", strength) if style is not None else None
+        if wanted == self._slot_holds:
+            return
+        factors = _slot_factors(style, strength) if style is not None else {}
+        with torch.no_grad():
+            for name, layer in self._slot.items():
+                down, up = layer.lora_A[SLOT].weight, layer.lora_B[SLOT].weight
+                down.zero_()
+                up.zero_()
+                if name in factors:
+                    a, b = factors[name]
+                    down[: a.shape[0]].copy_(a)
+                    up[:, : b.shape[1]].copy_(b)
+        self._slot_holds = wanted
 
     def retain(self, styles: Iterable[Style]) -> None:
         """Unload the adapters of styles that were removed or whose weights changed."""
@@ -105,3 +184,48 @@ class StyleAdapters:
         with _expected_peft_warnings():
             self.pipe.delete_adapters([name])
         log.info("style %s: adapter unloaded (%s)", style.name, why)
+
+
+def _read_lora(style: Style) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """The adapter's tensors in diffusers' format (other trainers' keys converted) and its peft config."""
+    assert style.weights_file is not None
+    state, metadata = HiDreamImagePipeline.lora_state_dict(
+        str(style.weights_file.parent), weight_name=style.weights_file.name, return_lora_metadata=True
+    )
+    config = {key.removeprefix("transformer."): value for key, value in (metadata or {}).items()}
+    return state, config
+
+
+def _slot_misfit(style: Style, slot_modules: frozenset[str]) -> str:
+    """Why the slot cannot hold `style` ("" if it can)."""
+    try:
+        state, config = _read_lora(style)
+    except Exception as exc:  # loading it as its own adapter refuses it with diffusers' reason
+        return f"its file could not be read ({exc})"
+    if config.get("use_dora") or config.get("alpha_pattern") or config.get("rank_pattern"):
+        return "it uses DoRA or per-module ranks or alphas"
+    for key, tensor in state.items():
+        module, _, kind = key.removeprefix("transformer.").rpartition(".lora_")
+        if kind not in ("A.weight", "B.weight"):
+            return f"it has tensors other than LoRA weights ({key})"
+        if module not in slot_modules:
+            return f"it adapts {module}, outside the attention projections"
+        if kind == "A.weight" and tensor.shape[0] > SLOT_RANK:
+            return f"its rank {tensor.shape[0]} is above {SLOT_RANK}"
+    return ""
+
+
+def _slot_factors(style: Style, strength: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """module → (A, B × its scaling × strength), so that the slot's scaling of 1 gives the style's delta."""
+    state, config = _read_lora(style)
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, down in state.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+        up = state[key.replace(".lora_A.", ".lora_B.")]
+        rank = down.shape[0]
+        alpha = float(config.get("lora_alpha", rank))  # type: ignore[arg-type]
+        scaling = alpha / rank**0.5 if config.get("use_rslora") else alpha / rank
+        factors[module] = (down, up * (scaling * strength))
+    return factors

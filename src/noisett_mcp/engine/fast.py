@@ -14,10 +14,11 @@ shapes, square or masked, at each batch size: the warm-up renders 1:1 and one ot
 (`dynamic=False`): a batch of several images (NOISETT_BATCH=on) compiles its batch size on first use.
 
 Styles: peft wraps the adapted Linears and dynamo guards on their adapters, so each state of the loaded
-adapters (which are loaded, which is active, or none) is its own graph: a style's first image compiles
-two graphs per shape. Measured on the demo model; diffusers' LoRA hotswap (one adapter slot of a fixed
-rank, weights swapped in place) would remove it and is not done here. The recompile limit is raised so
-that such states do not reach it: with fullgraph, reaching it fails the image instead of running eagerly.
+adapters (which are loaded, which is active, or none) would be its own graph. The engine opens one
+adapter slot before compiling (adapters.py), and styles are copied into it in place: the graphs compiled
+at load serve every style that fits the slot. One that does not runs as its own adapter and compiles on
+its first image; the recompile limit is raised so that such states do not reach it (with fullgraph,
+reaching it fails the image instead of running eagerly).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def _fp8_target(module: nn.Module, name: str) -> bool:
         type(module) is nn.Linear
         and "_blocks." in name
         and ".experts." not in name
+        and ".lora_" not in name  # the style slot's factors, copied into in place (adapters.py)
         and module.in_features % 16 == 0
         and module.out_features % 16 == 0
     )

@@ -25,7 +25,7 @@ from noisett_mcp.engine import img2img
 from noisett_mcp.engine.adapters import StyleAdapters
 from noisett_mcp.engine.config import EngineConfig
 from noisett_mcp.engine.demo import MARKER, write_demo_model
-from noisett_mcp.engine.fast import speed_up
+from noisett_mcp.engine.fast import compile_wanted, speed_up
 from noisett_mcp.errors import BatchOutOfMemory, GenerationCancelled, ModelUnavailable
 from noisett_mcp.schemas import GenerationSpec
 from noisett_mcp.styles.manifest import Style
@@ -133,8 +133,10 @@ class Engine:
         loaded = pipe if pipe is not None else self._load()
         self.stages.begin("warm-up")
         self.pipe = self._place(loaded)
-        self.fast = speed_up(self.pipe, config, self.device)
         self.styles = StyleAdapters(self.pipe, config.max_loaded_styles)
+        if config.offload == "none" and compile_wanted(config, self.device):
+            self.styles.open_slot()  # before the blocks compile: every style then runs their graphs
+        self.fast = speed_up(self.pipe, config, self.device)
         # The images of one request in one pipeline call (generate_batch), or one after another.
         self.batching = config.batch == "on" or (config.batch == "auto" and self.device == "cpu")
         vae_factor = self.pipe.vae_scale_factor
