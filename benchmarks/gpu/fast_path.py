@@ -300,6 +300,10 @@ class FastPathBench:
             for m in self.pipe.transformer.modules()
             if isinstance(m, MOE_CLASS) and "moe_infer" in vars(m)
         }
+        # The compiled engine's style slot (engine/adapters.py) is not plain diffusers: off for this run.
+        slot = bool(self.pipe.get_list_adapters())
+        if slot:
+            self.pipe.disable_lora()
         try:
             with self.torch.compiler.set_stance("force_eager"):
                 return self.pipe(
@@ -314,6 +318,8 @@ class FastPathBench:
         finally:
             for module, method in fast.items():
                 module.moe_infer = method
+            if slot:
+                self.pipe.enable_lora()
 
     def engine_image(self, steps: int, guidance: float) -> Any:
         from noisett_mcp.schemas import GenerationSpec
