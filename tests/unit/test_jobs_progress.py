@@ -67,3 +67,23 @@ async def test_a_batch_reports_one_notification_per_denoising_step_of_all_its_im
         (5, "images 2–4/4, step 1/2"),
         (8, "images 2–4/4, step 2/2"),
     ]
+
+
+async def test_a_model_load_shorter_than_a_poll_is_still_reported_once() -> None:
+    queue = LocalJobQueue(runner=None, max_queue=5)  # type: ignore[arg-type]
+    job = make_job(steps=2)
+    await queue.submit(job)
+    sent: list[str] = []
+
+    async def report(progress: float, total: float, message: str) -> None:
+        sent.append(message)
+
+    reporter = ProgressReporter(queue, job, report)
+    await reporter.update()
+    queue._waiting.clear()
+    job.waited_for_model = True  # the runner took it before the model was ready; the load ended since
+    await reporter.update()
+    await reporter.update()
+    job.steps_done = 1
+    await reporter.update()
+    assert sent == ["queued, next", "loading the model", "starting", "image 1/1, step 1/2"]

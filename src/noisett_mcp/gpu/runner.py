@@ -189,6 +189,7 @@ class JobRunner:
         style: Style | None = None
         self._jobs_running += 1
         try:
+            job.waited_for_model = self._engine is None
             engine = await self.engine()
             if job.cancel_requested:
                 raise GenerationCancelled

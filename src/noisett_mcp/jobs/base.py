@@ -44,6 +44,7 @@ class Job:
     started: float | None = None
     finished_at: float | None = None
     cancel_requested: bool = False
+    waited_for_model: bool = False  # it reached the runner before the model was ready (for progress)
     # Image-to-image: the source's bytes, kept here for this process's runner (a queue message is too
     # small for them: a worker elsewhere loads them from the store).
     source: bytes | None = field(default=None, repr=False)

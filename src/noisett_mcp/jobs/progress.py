@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 
 from noisett_mcp.jobs.base import Job, JobQueue
 
+LOADING = "loading the model"
+
 ProgressFn = Callable[[float, float, str], Awaitable[None]]
 
 
@@ -41,8 +43,11 @@ class ProgressReporter:
         runner = self.queue.runner
         # Out of the line and no model yet (not loaded, loading, or unloaded when idle): the job waits for
         # the load, whether or not it has begun by this poll.
-        loading = runner is not None and runner.engine_state in ("idle", "loading", "unloaded")
-        return runner.loading_text() if runner and loading else "starting"
+        if runner is not None and runner.engine_state in ("idle", "loading", "unloaded"):
+            return runner.loading_text()
+        if self.job.waited_for_model and not self.last_phase.startswith(LOADING):
+            return LOADING  # a load shorter than a poll: the user still learns that the job waited for it
+        return "starting"
 
     def next_step(self, reported: int) -> int:
         """The image-step count after the next denoising step: a step of a batch of k advances it by k."""
