@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import io
 import secrets
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from azure.storage.blob.aio import ContainerClient
 from mcp import Client
 from PIL import Image
+from pydantic import SecretStr
 
 from noisett_mcp.config import Settings, demo_model_folder
 from noisett_mcp.engine.demo import write_demo_model
@@ -23,6 +26,7 @@ from noisett_mcp.errors import ModelLoadFailed
 from noisett_mcp.server import build_server
 from noisett_mcp.service import Noisett
 from tests.azurite import Azurite, blob_settings, running_azurite, skip_without_azurite
+from tests.storage_proxy import Fault, ranged_read_of, storage_proxy
 from tests.test_blob_sync import container
 
 pytestmark = pytest.mark.anyio
@@ -189,7 +193,6 @@ async def test_hung_blob_storage_fails_the_load_within_the_deadline_and_the_next
 async def test_health_and_progress_show_the_stages_while_the_model_streams(
     make_settings: MakeSettings, azurite: Azurite, demo_source: Path
 ) -> None:
-    import anyio
 
     settings = await uploaded(azurite, make_settings, demo_source)
     seen: list[dict[str, Any]] = []
@@ -219,3 +222,36 @@ async def test_health_and_progress_show_the_stages_while_the_model_streams(
         assert 0 <= load["bytes_loaded"] <= load["bytes_total"]
     assert any(m.startswith("loading the model") for m in messages), messages
     assert [s["name"] for s in final["stages"]][:3] == STAGES
+
+
+@pytest.mark.parametrize("fault", ["hang", "throttle"])
+async def test_blob_hung_or_throttled_in_the_middle_of_the_load_fails_it_by_name_and_the_next_request_loads(
+    make_settings: MakeSettings, azurite: Azurite, demo_source: Path, fault: Fault
+) -> None:
+    """The text encoders are on the device when the transformer's tensors stop coming (held unanswered, or
+    503 ServerBusy): the load fails within its deadline and retries, naming the shard; nothing half-loaded
+    serves; once storage answers again the next request loads and renders."""
+    header = (demo_source / SHARD).read_bytes()[:8]
+    tensors_start = 8 + struct.unpack("<Q", header)[0]
+    settings = await uploaded(azurite, make_settings, demo_source, storage_deadline_seconds=1.0)
+    picks = ranged_read_of(f"/demo/{SHARD}", reaching=tensors_start)
+    with storage_proxy(azurite.ports["blob"], picks) as proxy:
+        secret = proxy.connection_string(azurite.connection_string)
+        settings = settings.model_copy(update={"azure_storage_connection_string": SecretStr(secret)})
+        proxy.fault = fault
+        async with Noisett(settings) as service, Client(build_server(service)) as client:
+            with anyio.fail_after(30), pytest.raises(ModelLoadFailed) as caught:
+                await service.runner.engine()  # bounded: three tries of the deadline, not minutes
+            health, error = service.health().body(), str(caught.value)
+            assert health["status"] == "error" and health["error"] == f"ModelLoadFailed: {error}"
+            why = "failed or did not answer within 1 s" if fault == "hang" else "answered HTTP 503"
+            assert error.startswith(f"could not read {settings.model}/{SHARD}: Blob storage {why}")
+            assert proxy.faulted == 3, "the read was tried three times"
+            done = [s["name"] for s in health["load"]["stages"] if s["seconds"] is not None]
+            assert "component text_encoder_4" in done and health["load"]["stage"] == "component transformer"
+            assert service.runner._engine is None  # nothing half-loaded serves
+
+            proxy.fault = None  # storage answers again
+            result = await client.call_tool("generate_image", {"prompt": "after the fault", "steps": 2})
+            assert not result.is_error, result.content
+            assert service.health().body()["status"] == "ready"

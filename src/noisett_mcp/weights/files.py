@@ -282,10 +282,12 @@ class BlobModelFiles(ModelFiles):
                 f"could not {what}: it is not in Blob storage ({describe_error(exc)})"
             ) from exc
         except AzureError as exc:
+            status = getattr(exc, "status_code", None)  # set when storage answered: busy, throttled, failing
             deadline = self.source.storage_deadline_seconds
+            why = f"answered HTTP {status}" if status else f"failed or did not answer within {deadline:g} s"
             raise ModelLoadFailed(
-                f"could not {what}: Blob storage failed or did not answer within {deadline:g} s, three "
-                f"tries ({describe_error(exc)}). The next request tries the load again"
+                f"could not {what}: Blob storage {why}, three tries ({describe_error(exc)}). The next "
+                "request tries the load again"
             ) from exc
 
 
