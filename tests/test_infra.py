@@ -193,7 +193,7 @@ def test_the_app_scales_to_zero_with_an_http_concurrency_rule(main: BicepFile) -
     assert rule["http"]["metadata"]["concurrentRequests"] == Call("string", (Ref("concurrentRequests"),))
 
 
-def test_probes_check_healthz_and_the_startup_probe_waits_for_a_model_load(main: BicepFile) -> None:
+def test_probes_check_healthz_and_the_startup_probe_passes_within_seconds_of_the_server_listening(main: BicepFile) -> None:
     _, app = _module(main, "app")
     assert _default(app, "healthPath") == "/healthz" and _default(app, "targetPort") == 8000
     probes = {probe["type"]: probe for probe in app.resolve(Ref("probes"))}
@@ -207,10 +207,13 @@ def test_probes_check_healthz_and_the_startup_probe_waits_for_a_model_load(main:
         }
         for field, limit in PROBE_LIMITS.items():
             assert probe.get(field, 1) <= limit, (probe["type"], field)
+    # /healthz answers 200 while the model loads, so the startup probe waits only for the server to listen
+    # (under 2 s, benchmarks/bench_startup.py): it must pass within seconds of that, and allow ten times it.
     startup = probes["Startup"]
+    assert startup["initialDelaySeconds"] + startup["periodSeconds"] <= 5  # no cold start waits on a probe
     window = startup["initialDelaySeconds"] + startup["periodSeconds"] * startup["failureThreshold"]
-    assert window >= 600  # ten minutes: a bf16 pipeline read from the model share
-    assert startup["initialDelaySeconds"] <= 15  # and the first check comes early
+    assert window >= 20
+    assert probes["Readiness"]["periodSeconds"] <= 5  # a started replica takes requests within seconds
 
 
 def test_the_app_pulls_with_its_identity_and_mounts_the_model_cache(main: BicepFile) -> None:
