@@ -193,7 +193,9 @@ def test_the_app_scales_to_zero_with_an_http_concurrency_rule(main: BicepFile) -
     assert rule["http"]["metadata"]["concurrentRequests"] == Call("string", (Ref("concurrentRequests"),))
 
 
-def test_probes_check_healthz_and_the_startup_probe_passes_within_seconds_of_the_server_listening(main: BicepFile) -> None:
+def test_probes_check_healthz_and_the_startup_probe_passes_seconds_after_the_server_listens(
+    main: BicepFile,
+) -> None:
     _, app = _module(main, "app")
     assert _default(app, "healthPath") == "/healthz" and _default(app, "targetPort") == 8000
     probes = {probe["type"]: probe for probe in app.resolve(Ref("probes"))}
