@@ -193,7 +193,6 @@ async def test_hung_blob_storage_fails_the_load_within_the_deadline_and_the_next
 async def test_health_and_progress_show_the_stages_while_the_model_streams(
     make_settings: MakeSettings, azurite: Azurite, demo_source: Path
 ) -> None:
-
     settings = await uploaded(azurite, make_settings, demo_source)
     seen: list[dict[str, Any]] = []
     messages: list[str] = []
