@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,15 +154,6 @@ async def test_queue_depth_counts_the_jobs_waiting_for_the_gpu(
         await service.store.aclose()
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-
-
 JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImFiYyJ9.eyJhdWQiOiJhcGk6Ly94eXoiLCJ0aWQiOiJ0In0.c2lnbmF0dXJlLXBhcnQ"
 ACCOUNT_KEY = "c2VjcmV0LWFjY291bnQta2V5LWJhc2U2NA=="
 SAS_SIG = "Zm9vYmFyYmF6cXV4%2Bc2lnbmF0dXJl%3D"
@@ -171,7 +162,7 @@ HF = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 
 
 def test_json_logs_carry_trace_ids_and_never_tokens_or_keys(
-    root_logging: None, spans: InMemorySpanExporter, make_settings: Callable[..., Settings]
+    spans: InMemorySpanExporter, make_settings: Callable[..., Settings]
 ) -> None:
     stream = io.StringIO()
     configure_logging("INFO", "json", stream)

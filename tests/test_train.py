@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
 import shutil
 import signal
 from collections.abc import Iterator
@@ -48,19 +47,14 @@ def flat_pictures(folder: Path, count: int = 3, colour: tuple[int, int, int] = O
 
 
 def cli(data_dir: Path, model_cache: Path, *argv: str, **env: str) -> int:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level  # main() logs to the stderr pytest captures now
+    """The CLI in-process (its root logger is handed back after the test by conftest)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NOISETT_DATA_DIR", str(data_dir))
         patch.setenv("MODEL_CACHE_DIR", str(model_cache))
         for name, value in env.items():
             patch.setenv(name, value)
-        try:
-            with pytest.raises(SystemExit) as exit_info:
-                cli_main(list(argv))
-        finally:
-            root.handlers[:] = handlers
-            root.setLevel(level)
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(list(argv))
     return int(exit_info.value.code or 0)
 
 
